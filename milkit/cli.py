@@ -22,12 +22,26 @@ __all__ = ["CONF_DIR", "hydra_entry", "run_safely", "train_main", "eval_main", "
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
+def _milkit_cause(exc: BaseException) -> MILKitError | None:
+    """The ``MILKitError`` behind ``exc`` (Hydra wraps errors raised while instantiating ``_target_``s)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, MILKitError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def run_safely(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """Call ``fn(cfg)``; turn a ``MILKitError`` into one line on stderr and exit status 2."""
     try:
         return fn(cfg)
-    except MILKitError as e:
-        print(f"milkit: error: {e}", file=sys.stderr)
+    except Exception as e:
+        cause = _milkit_cause(e)
+        if cause is None:
+            raise
+        print(f"milkit: error: {cause}", file=sys.stderr)
         sys.exit(2)
 
 
