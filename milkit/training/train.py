@@ -29,7 +29,7 @@ from milkit.training.metrics import METRIC_NAMES
 from milkit.training.module import MILLitModule
 from milkit.utils.io import atomic_path
 
-__all__ = ["train", "resolve_splits", "build_run_components"]
+__all__ = ["train", "resolve_splits", "build_run_components", "with_fold"]
 
 log = logging.getLogger("milkit")
 
@@ -50,6 +50,19 @@ def _quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def with_fold(node: DictConfig, fold_name: str) -> Any:
+    """``node`` as a container with ``{fold}`` in its strings replaced by the fold name, for per-fold files
+    (e.g. MHIM's teacher ``method.teacher_init=<baseline run>/{fold}/checkpoints/best.ckpt``)."""
+    def fill(value: Any) -> Any:
+        if isinstance(value, str):
+            return value.replace("{fold}", fold_name)
+        if isinstance(value, dict):
+            return {k: fill(v) for k, v in value.items()}
+        return [fill(v) for v in value] if isinstance(value, list) else value
+
+    return fill(OmegaConf.to_container(node, resolve=True))
+
+
 def build_run_components(cfg: DictConfig, source: BagSource, fold_splits: pd.DataFrame, fold_dir: Path,
                          fold_name: str) -> tuple[MILDataModule, MILLitModule, L.Trainer]:
     """Everything one fold needs, instantiated from the config (shared by ``train`` and tests)."""
@@ -67,7 +80,7 @@ def build_run_components(cfg: DictConfig, source: BagSource, fold_splits: pd.Dat
     run_info = {"cfg": OmegaConf.to_container(cfg, resolve=True), "class_names": source.class_names,
                 "feature_meta": source.feature_meta(), "feature_stats": stats_to_info(dm.stats),
                 "fold": fold_name, "milkit_version": milkit.__version__}
-    module = MILLitModule(model, instantiate(cfg.method), instantiate(cfg.optimizer),
+    module = MILLitModule(model, instantiate(with_fold(cfg.method, fold_name)), instantiate(cfg.optimizer),
                           instantiate(cfg.scheduler) if cfg.get("scheduler") else None, run_info)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c]
     for cb in callbacks:

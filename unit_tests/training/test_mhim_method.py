@@ -66,14 +66,16 @@ def test_no_gradient_reaches_the_teacher() -> None:
 
 
 def test_teacher_mode() -> None:
-    model, method = make(tiny(dropout=0.5))
-    method.train()  # what Lightning does at every epoch start
     batch = padded_batch([12])
-    a, b = method.teacher_view(batch), method.teacher_view(batch)
-    assert not method.teacher.training and torch.equal(a[1], b[1])  # paper: eval mode, no dropout
-    _, code = make(tiny(dropout=0.5), teacher_train_mode=True)
-    c, d = code.teacher_view(batch), code.teacher_view(batch)
-    assert code.teacher.training and not torch.equal(c[1], d[1])
+    for train_mode in (False, True):
+        _, method = make(tiny(dropout=0.5), teacher_train_mode=train_mode)
+        method.train()  # what Lightning does at every epoch start
+        modes = []
+        method.teacher.embed.register_forward_pre_hook(lambda mod, args: modes.append(mod.training))
+        a, b = method.teacher_view(batch), method.teacher_view(batch)
+        assert modes == [train_mode] * 2 and method.teacher.training  # back to the method's mode afterwards
+        # paper: eval mode, no dropout, the same view twice; released code: dropout active
+        assert torch.equal(a[1], b[1]) != train_mode
 
 
 def test_student_sees_only_kept_instances() -> None:
@@ -173,6 +175,7 @@ def test_bad_baselines_and_config_are_clear_errors(tmp_path) -> None:
 def test_class_aware_score_for_attention_pooling() -> None:
     for c in (1, 3):
         model, method = make(tiny(num_classes=c), score="class_aware")
+        method.eval()  # the teacher's eval-mode forward is compared with a manual one
         batch = padded_batch([9, 5])
         scores, _ = method.teacher_view(batch)
         t = method.teacher
@@ -188,6 +191,7 @@ def test_class_aware_score_needs_a_decomposable_model() -> None:
     with pytest.raises(ConfigError, match="method.score=class_aware: PoolingMIL is not attention pooling"):
         method.training_step(model, padded_batch([6]), CTX)
     model, method = make(tiny("mi_net", num_classes=3), score="class_aware")
+    method.eval()
     batch = padded_batch([6])
     inst = method.teacher.aggregate(method.teacher.embed(batch.x), batch.mask).extras["instance_logits"]
     torch.testing.assert_close(method.teacher_view(batch)[0], inst.softmax(-1).amax(-1))
@@ -211,6 +215,7 @@ class MultiHead(MILModel):
 
 def test_multi_head_attention_is_used_with_voting() -> None:
     model, method = make(MultiHead(), attn_layer=1)
+    method.eval()
     batch = padded_batch([10, 6])
     scores, _ = method.teacher_view(batch)
     assert scores.shape == (2, 3, 10)

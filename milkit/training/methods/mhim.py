@@ -9,8 +9,8 @@ by EMA. Validation, test and inference use the student on all instances (``eval_
 Works with any registered model that returns instance scores. Scores used for masking (``score``):
 
 * ``attention`` (v1): per-head attention ``extras["attention"][attn_layer]`` ``(B, H, N)`` when the model
-  exposes it (TransMIL; heads fused by voting); else the max-class instance logit ``extras["instance_logits"]``
-  when the model has an instance classifier (DSMIL, as MHIM-MIL does); else ``instance_scores``.
+  exposes a per-layer list (TransMIL; heads fused by voting); else the model's ``instance_scores`` (ABMIL:
+  attention logits; DSMIL: the max-class instance-classifier logit, which is what MHIM-MIL masks by).
 * ``class_aware`` (v2): ``s_i = max_c p(c | instance i)``, the classifier applied to the instance alone:
   ``softmax(extras["instance_logits"])``, or the head applied to ``extras["instance_contributions"]`` (a
   model's per-instance shares of its bag embedding), or, for attention pooling, to ``a_i·h_i`` (checked once
@@ -134,7 +134,6 @@ class MHIM(TrainingMethod):
                 prefix = "embed." if self.init_student == "fc" else ""
                 copy_prefix_(model, state, prefix, source=f"method.init_student={self.init_student}")
         self.teacher.requires_grad_(False)
-        self.teacher.eval()
 
     def current_mask_ratio_high(self, ctx: StepContext) -> float:
         return cosine_decay(self.mask_ratio_high, 0.0, ctx.progress) if self.high_decay == "cosine" else \
@@ -151,21 +150,24 @@ class MHIM(TrainingMethod):
         """Teacher scores ``(B, N)`` or ``(B, H, N)`` and bag embedding on all instances."""
         if self.teacher is None:
             raise ConfigError("MHIM.setup(model) must be called before training")
-        self.teacher.train(self.teacher_train_mode)  # Lightning's .train() reaches the teacher too
-        h = self.teacher.reembed(self.teacher.embed(batch.x), batch.mask)
-        feats = self.teacher.aggregate(h, batch.mask, batch.coords)
-        scorer = self._class_aware_scores if self.score == "class_aware" else self._attention_scores
-        return scorer(h, feats, batch.mask), feats.bag_embedding
+        # the teacher follows the method's train/eval state between steps (Lightning checks modes), and
+        # runs its forward in eval mode (paper) or train mode (released code)
+        self.teacher.train(self.teacher_train_mode)
+        try:
+            h = self.teacher.reembed(self.teacher.embed(batch.x), batch.mask)
+            feats = self.teacher.aggregate(h, batch.mask, batch.coords)
+            scorer = self._class_aware_scores if self.score == "class_aware" else self._attention_scores
+            return scorer(h, feats, batch.mask), feats.bag_embedding
+        finally:
+            self.teacher.train(self.training)
 
     def _attention_scores(self, h: Tensor, feats: BagFeatures, mask: Tensor) -> Tensor:  # noqa: ARG002
-        attn = feats.extras.get("attention")
-        if attn is not None:
-            attn = attn[self.attn_layer] if isinstance(attn, (list, tuple)) else attn
+        layers = feats.extras.get("attention")
+        if isinstance(layers, (list, tuple)):  # per-layer multi-head attention (TransMIL)
+            attn = layers[self.attn_layer]
             if attn.dim() != 3 or attn.shape[-1] != mask.shape[1]:
                 raise ConfigError(f"extras['attention'] must hold (B, H, N) tensors, got {tuple(attn.shape)}")
             return attn
-        if feats.extras.get("instance_logits") is not None:
-            return feats.extras["instance_logits"].amax(-1)
         if feats.instance_scores is None:
             raise ConfigError("MHIM needs a model that returns instance scores")
         return feats.instance_scores

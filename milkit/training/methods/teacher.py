@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from milkit.errors import ConfigError
+from milkit.training.checkpoint import strip_prefix
 
 __all__ = ["load_student_state", "ema_update_", "copy_prefix_"]
 
@@ -19,7 +20,7 @@ def load_student_state(path: str | os.PathLike, key: str = "method.teacher_init"
     ``state_dict``. ``key`` names the config entry in error messages.
     """
     if not os.path.isfile(path):
-        raise ConfigError(f"{key}: checkpoint {path} does not exist")
+        raise ConfigError(f"{key}: checkpoint {path} does not exist (train the baseline first, see docs/mhim.md)")
     try:
         # a trusted local training checkpoint; Lightning checkpoints hold non-tensor objects (hyper-parameters)
         ckpt: Any = torch.load(path, map_location="cpu", weights_only=False)
@@ -28,9 +29,7 @@ def load_student_state(path: str | os.PathLike, key: str = "method.teacher_init"
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ConfigError(f"{key}: {path} holds no state_dict of tensors")
-    if any(k.startswith("model.") for k in state):
-        state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
-    return state
+    return strip_prefix(state) if any(k.startswith("model.") for k in state) else state
 
 
 def copy_prefix_(module: nn.Module, state: dict[str, Tensor], prefix: str = "", source: str = "checkpoint") -> None:
