@@ -3,8 +3,9 @@
 ``speed``: one training epoch over WSI-sized random bags (``D = 1024``) per (model, method), each in a fresh
 subprocess, all in the same run: wall time of the epoch (after one warm-up epoch) and peak memory of the
 training steps (CUDA: ``max_memory_allocated`` above the resident tensors over the timed epoch; CPU: peak-RSS
-increase over the warm-up epoch, with the kernel's high-water mark reset before it). Models and methods are built from the experiment overlays
-(``mhim_<model>_baseline`` for supervised, ``mhim_<model>`` for MHIM v1, ``method=mhim_v2`` for v2).
+increase over the warm-up epoch, with the kernel's high-water mark reset before it). Models and methods are
+built from the experiment overlays (``mhim_<model>_baseline`` for supervised, ``mhim_<model>`` for MHIM v1,
+``method=mhim_v2`` for v2; TransMIL's v2 uses ``score=attention``).
 
 ``auc``: per seed, the two-stage run (baseline, then MHIM v1 and v2 with each fold's baseline as the teacher)
 through ``train(cfg)`` on a milkit dataset; test AUC mean over folds, then mean ± std over seeds.
@@ -71,8 +72,8 @@ def speed_child(model: str, method: str, n_bags: int, n_min: int, n_max: int, se
     opt = instantiate(cfg.optimizer)([p for p in [*net.parameters(), *meth.parameters()] if p.requires_grad])
     g = torch.Generator().manual_seed(seed)
     sizes = torch.randint(n_min, n_max + 1, (n_bags,), generator=g).tolist()
-    bags = [BagBatch(x=torch.randn(1, n, 1024, generator=g).to(dev), mask=torch.ones(1, n, dtype=torch.bool, device=dev),
-                     y=torch.tensor([i % 2], device=dev)) for i, n in enumerate(sizes)]
+    bags = [BagBatch(x=torch.randn(1, n, 1024, generator=g).to(dev), y=torch.tensor([i % 2], device=dev),
+                     mask=torch.ones(1, n, dtype=torch.bool, device=dev)) for i, n in enumerate(sizes)]
     ctx = StepContext(max_steps=2 * n_bags)
 
     def epoch() -> float:

@@ -14,6 +14,13 @@ def tiny(name: str = "abmil", num_classes: int = 2, **kw):
     return create_model(name, in_dim=IN_DIM, num_classes=num_classes, **{**model_info(name)["tiny_kwargs"], **kw})
 
 
+def set_up(method: TrainingMethod, model=None):
+    """``method.setup(model)`` on a tiny ABMIL (or ``model``); returns ``(model, method)``."""
+    model = model if model is not None else tiny()
+    method.setup(model)
+    return model, method
+
+
 def padded_batch(lengths: list[int], d: int = IN_DIM, seed: int = 0, labels: list[int] | None = None) -> BagBatch:
     """Random bags right-padded to the longest; padded rows hold large values that must never matter."""
     g = torch.Generator().manual_seed(seed)

@@ -44,7 +44,8 @@ def test_multi_head_vote_fusion() -> None:
     assert sel.tolist() == [[True, False, True, False, False]]
     # equal votes (one each) are broken by the mean score over heads: instance 1 (mean 0.6) beats 0 (0.5)
     tied = torch.tensor([[[1.0, 0.0, 0.0, 0.1], [0.0, 1.2, 0.0, 0.9]]])
-    assert top_k_select(tied, torch.ones(1, 4, dtype=torch.bool), torch.tensor([1])).tolist() == [[False, True, False, False]]
+    sel = top_k_select(tied, torch.ones(1, 4, dtype=torch.bool), torch.tensor([1]))
+    assert sel.tolist() == [[False, True, False, False]]
 
 
 def test_random_select_counts_support_and_seed() -> None:

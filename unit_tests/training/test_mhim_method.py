@@ -11,16 +11,13 @@ from milkit.models.base import MILModel
 from milkit.training.methods.base import StepContext
 from milkit.training.methods.mhim import MHIM, class_probability, soft_target_cross_entropy
 from milkit.types import BagFeatures
-from unit_tests.training.mhim_utils import IN_DIM, auc, fit, padded_batch, synthetic_bags, tiny
+from unit_tests.training.mhim_utils import IN_DIM, auc, fit, padded_batch, set_up, synthetic_bags, tiny
 
 CTX = StepContext(global_step=0, max_steps=100)
 
 
 def make(model=None, **kw):
-    model = model if model is not None else tiny()
-    method = MHIM(**kw)
-    method.setup(model)
-    return model, method
+    return set_up(MHIM(**kw), model)
 
 
 def capture_inputs(model: nn.Module) -> list:

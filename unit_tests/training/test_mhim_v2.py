@@ -7,16 +7,13 @@ import torch
 from milkit.models.layers.recycle import GlobalRecycleNetwork
 from milkit.training.methods.base import StepContext
 from milkit.training.methods.mhim import MHIMv2
-from unit_tests.training.mhim_utils import auc, fit, padded_batch, synthetic_bags, tiny
+from unit_tests.training.mhim_utils import auc, fit, padded_batch, set_up, synthetic_bags, tiny
 
 CTX = StepContext(global_step=0, max_steps=100)
 
 
 def make(model=None, **kw):
-    model = model if model is not None else tiny()
-    method = MHIMv2(**kw)
-    method.setup(model)
-    return model, method
+    return set_up(MHIMv2(**kw), model)
 
 
 def spy_aggregate(model) -> list:

@@ -20,7 +20,8 @@ def load_student_state(path: str | os.PathLike, key: str = "method.teacher_init"
     ``state_dict``. ``key`` names the config entry in error messages.
     """
     if not os.path.isfile(path):
-        raise ConfigError(f"{key}: checkpoint {path} does not exist (train the baseline first, see docs/mhim.md)")
+        raise ConfigError(f"{key}: checkpoint {path} does not exist (train the baseline first; the mhim experiments "
+                          "take baseline_dir=<its output dir>, see docs/mhim.md)")
     try:
         # a trusted local training checkpoint; Lightning checkpoints hold non-tensor objects (hyper-parameters)
         ckpt: Any = torch.load(path, map_location="cpu", weights_only=False)
