@@ -26,9 +26,10 @@ Deliberate deviations from the upstream code (DearCaat/MHIM-MIL), following the 
 * the kept instances keep their original order (upstream: Python ``set`` order); ratios count
   ``ceil(n·r)`` with a float tolerance; at least one instance per bag is always kept;
 * ``init_student="fc"`` copies the student's ``embed`` module (the first FC of MHIM's models); the other
-  student weights keep milkit's initialisation (upstream re-initialises them with xavier-normal);
-* the EMA momentum and the β_h decay are scheduled over the real number of optimiser steps
-  (upstream: over ``num_epoch`` epochs even when early stopping ends training sooner).
+  student weights keep milkit's initialisation (upstream re-initialises them with xavier-normal).
+
+The EMA momentum and β_h schedules run over ``StepContext.max_steps`` (all optimiser steps of
+``trainer.max_epochs``), as upstream sizes them for ``num_epoch``: early stopping truncates them.
 """
 from __future__ import annotations
 
@@ -182,8 +183,9 @@ class MHIM(TrainingMethod):
             shares = masked_softmax(feats.instance_scores, mask).unsqueeze(-1) * h  # a_i·h_i  (B, N, E)
             if not self._pooling_checked:
                 pooled = shares.sum(1)
+                # loose enough for bf16 autocast; a model that is not attention pooling is far off
                 if pooled.shape != feats.bag_embedding.shape or not torch.allclose(
-                        pooled, feats.bag_embedding, rtol=1e-3, atol=1e-4):
+                        pooled.float(), feats.bag_embedding.float(), rtol=2e-2, atol=1e-3):
                     raise ConfigError(f"method.score=class_aware: {type(self.teacher).__name__} is not attention "
                                       "pooling and exposes neither extras['instance_logits'] nor "
                                       "extras['instance_contributions']; use method.score=attention")
