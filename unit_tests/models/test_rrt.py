@@ -131,8 +131,9 @@ def test_rrt_plugs_into_every_aggregator(name: str) -> None:
     calls = []
     model.reembed.register_forward_hook(lambda *_: calls.append(1))
     x, mask = padded([13, 6])
+    coords = torch.stack([torch.arange(13) % 4, torch.arange(13) // 4], -1).float().expand(2, -1, -1)
     y = torch.tensor([0, 2])
-    out = model.train()(x, mask)
+    out = model.train()(x, mask, coords)
     assert calls and out.logits.shape == (2, 3)
     loss = torch.nn.functional.cross_entropy(out.logits, y)
     for v in {**out.aux_losses, **model.target_losses(out, y)}.values():
@@ -142,9 +143,10 @@ def test_rrt_plugs_into_every_aggregator(name: str) -> None:
     assert not missing, missing
     model.eval()
     with torch.no_grad():
-        batched = model(x, mask).logits
+        batched = model(x, mask, coords).logits
         for b, n in enumerate([13, 6]):
-            torch.testing.assert_close(model(x[b : b + 1, :n]).logits[0], batched[b], atol=1e-5, rtol=1e-4)
+            alone = model(x[b : b + 1, :n], None, coords[b : b + 1, :n]).logits[0]
+            torch.testing.assert_close(alone, batched[b], atol=1e-5, rtol=1e-4)
 
 
 def test_rrt_rejects_an_aggregator_that_already_re_embeds() -> None:
