@@ -46,6 +46,7 @@ def resolve_splits(cfg: DictConfig, source: BagSource, repeat: int) -> pd.DataFr
 def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*overridden `transfer_batch_to_device`.*")
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -141,6 +142,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    hooks = cfg.get("hooks") or {}
+    if hooks.get("before"):
+        instantiate(hooks.before)(cfg)  # e.g. generate or preprocess the data the source reads
     source: BagSource = instantiate(cfg.data.source)
     print(f"[milkit] data  {source.describe()}")
     print(f"[milkit] model {cfg.model.model_name}  method {cfg.method._target_.rsplit('.', 1)[-1]}  output {out_dir}")
@@ -166,6 +170,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     with atomic_path(out_dir / "results.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2))
     print(format_table(summary))
+    if hooks.get("after"):
+        summary["after"] = instantiate(hooks.after)(cfg, summary)  # e.g. slide inference on held-out slides
     print(f"[milkit] splits, checkpoints and logs: {out_dir}  (results.json, *splits.csv, fold*/)  "
           f"total {summary['wall_s']:.0f}s")
     return summary

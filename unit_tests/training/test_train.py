@@ -62,3 +62,23 @@ def test_multiclass_training(make_cfg) -> None:
 def test_padded_batches_and_subsampling(make_cfg) -> None:
     summary = train(make_cfg("data.batch_size=4", "data.max_instances=6"))
     assert summary["folds"][0]["epochs"] >= 1
+
+
+HOOK_CALLS: list = []
+
+
+def record_before(cfg) -> None:
+    HOOK_CALLS.append(("before", cfg.seed))
+
+
+def record_after(cfg, summary) -> dict:
+    HOOK_CALLS.append(("after", len(summary["folds"])))
+    return {"ok": True}
+
+
+def test_hooks_run_around_training(make_cfg) -> None:
+    HOOK_CALLS.clear()
+    cfg = make_cfg("hooks.before={_target_: unit_tests.training.test_train.record_before, _partial_: true}",
+                   "hooks.after={_target_: unit_tests.training.test_train.record_after, _partial_: true}")
+    summary = train(cfg)
+    assert HOOK_CALLS == [("before", 0), ("after", 1)] and summary["after"] == {"ok": True}
