@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from milkit.errors import ConfigError
 from milkit.models import register_model
 from milkit.models.base import MILModel
 from milkit.models.layers import AttentionPool, InstanceMLP
@@ -79,7 +80,7 @@ class CLAM(MILModel):
                  subtyping: bool = False, bag_weight: float = 0.7) -> None:
         super().__init__(in_dim, num_classes)
         if not 0.0 < bag_weight <= 1.0:
-            raise ValueError(f"bag_weight must be in (0, 1], got {bag_weight}")
+            raise ConfigError(f"bag_weight must be in (0, 1], got {bag_weight}")
         self.multi_branch, self.k_sample, self.subtyping = multi_branch, k_sample, subtyping
         self.instance_weight = (1.0 - bag_weight) / bag_weight
         self.embed = InstanceMLP(in_dim, (embed_dim,), act="relu", dropout=dropout)

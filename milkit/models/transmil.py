@@ -28,11 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from milkit.errors import ConfigError
 from milkit.models import register_model
 from milkit.models.base import MILModel
-from milkit.models.layers import InstanceMLP
-from milkit.models.layers.nystrom import NystromAttention
-from milkit.models.layers.ppeg import PPEG
+from milkit.models.layers import PPEG, InstanceMLP, NystromAttention
 from milkit.types import BagFeatures
 
 __all__ = ["TransLayer", "TransMIL"]
@@ -75,9 +74,9 @@ class TransMIL(MILModel):
                  dropout: float = 0.0, score_layer: int = 0) -> None:
         super().__init__(in_dim, num_classes)
         if dim % heads:
-            raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
+            raise ConfigError(f"dim ({dim}) must be divisible by heads ({heads})")
         if score_layer not in (0, 1):
-            raise ValueError(f"score_layer must be 0 or 1, got {score_layer}")
+            raise ConfigError(f"score_layer must be 0 or 1, got {score_layer}")
         self.score_layer = score_layer
         self.embed = InstanceMLP(in_dim, (dim,), act="relu", dropout=dropout)
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim))

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
+from milkit.errors import ConfigError
 from milkit.models import create_model
 
 
@@ -75,3 +77,8 @@ def test_mb_scores_follow_the_predicted_class() -> None:
     pred = out.logits.argmax(-1)
     assert out.extras["attention"].shape == (2, 3, 7)
     torch.testing.assert_close(out.instance_scores, out.extras["attention"][torch.arange(2), pred])
+
+
+def test_bag_weight_out_of_range_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"bag_weight must be in \(0, 1\], got 0.0"):
+        create_model("clam_sb", in_dim=4, num_classes=2, bag_weight=0.0)

@@ -1,8 +1,10 @@
 """TransMIL: square filling with the first instances, cls-attention extras, score layer, order dependence."""
 from __future__ import annotations
 
+import pytest
 import torch
 
+from milkit.errors import ConfigError
 from milkit.models import create_model
 
 TINY = {"dim": 16, "heads": 2, "n_landmarks": 4, "residual_kernel": 3, "attn_dropout": 0.0}
@@ -53,3 +55,10 @@ def test_order_matters() -> None:
     with torch.no_grad():
         a, b = model(x).logits, model(x[:, torch.randperm(9)]).logits
     assert not torch.allclose(a, b, atol=1e-6)
+
+
+def test_bad_settings_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match=r"dim \(10\) must be divisible by heads \(4\)"):
+        create_model("transmil", in_dim=8, num_classes=2, dim=10, heads=4)
+    with pytest.raises(ConfigError, match="score_layer must be 0 or 1, got 2"):
+        create_model("transmil", in_dim=8, num_classes=2, score_layer=2)

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from milkit.errors import ConfigError
 from milkit.models.layers.masked import masked_logits, masked_softmax
 
 __all__ = ["NystromAttention", "iterative_pinv", "segment_means"]
@@ -89,7 +90,7 @@ class NystromAttention(nn.Module):
         super().__init__()
         dim_head = dim // heads if dim_head is None else dim_head
         if dim_head < 1 or n_landmarks < 1:
-            raise ValueError(f"need dim_head >= 1 and n_landmarks >= 1, got {dim_head} and {n_landmarks}")
+            raise ConfigError(f"need dim_head >= 1 and n_landmarks >= 1, got {dim_head} and {n_landmarks}")
         self.heads, self.dim_head, self.n_landmarks = heads, dim_head, n_landmarks
         self.pinv_iterations = pinv_iterations
         self.scale = dim_head ** -0.5
