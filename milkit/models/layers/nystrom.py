@@ -17,6 +17,7 @@ Padding (``mask``, True = real token; masks must be right-padded as in ``BagBatc
   convolution sees them as its own zero padding.
 * The pinv initialisation ``Z₀ = Aᵀ / (‖A‖₁ ‖A‖_∞)`` takes the norms per bag (max over that bag's heads).
   The reference package takes them over the whole batch, which couples bags; for one bag the two agree.
+  The iteration runs in float32 under autocast (it is ``m × m`` and amplifies half-precision rounding).
 
 Per-query attention rows (e.g. the cls token's attention to every instance) are returned on request as
 ``(attn1[rows] @ pinv) @ attn3`` without ever materialising the ``N × N`` matrix.
@@ -122,7 +123,8 @@ class NystromAttention(nn.Module):
         attn2 = masked_softmax(q_land @ k_land.transpose(-1, -2), land & land.transpose(-1, -2), dim=-1)  # (B, H, m, m)
         # rows of empty landmarks need no mask here: they meet the zero columns of attn1 and pinv(attn2)
         attn3 = torch.softmax(masked_logits(q_land @ k.transpose(-1, -2), keys), dim=-1)  # (B, H, m, N)
-        z = iterative_pinv(attn2, self.pinv_iterations)
+        with torch.autocast(x.device.type, enabled=False):  # the iteration amplifies bf16/fp16 rounding
+            z = iterative_pinv(attn2.float(), self.pinv_iterations).to(attn2.dtype)
         out = (attn1 @ z) @ (attn3 @ v)  # (B, H, N, d)
         if self.res_conv is not None:
             out = out + self.res_conv(v)
