@@ -19,6 +19,9 @@ Padding (``mask``, True = real token; masks must be right-padded as in ``BagBatc
   The reference package takes them over the whole batch, which couples bags; for one bag the two agree.
   The iteration runs in float32 under autocast (it is ``m × m`` and amplifies half-precision rounding).
 
+The product is evaluated as ``attn1 @ (pinv @ (attn3 @ V))``: ``O(N·m·d)`` per head, where the reference's
+``(attn1 @ pinv) @ (attn3 @ V)`` also costs ``O(N·m²)`` time and an ``(N, m)`` activation per head.
+
 Per-query attention rows (e.g. the cls token's attention to every instance) are returned on request as
 ``(attn1[rows] @ pinv) @ attn3`` without ever materialising the ``N × N`` matrix.
 """
@@ -125,7 +128,7 @@ class NystromAttention(nn.Module):
         attn3 = torch.softmax(masked_logits(q_land @ k.transpose(-1, -2), keys), dim=-1)  # (B, H, m, N)
         with torch.autocast(x.device.type, enabled=False):  # the iteration amplifies bf16/fp16 rounding
             z = iterative_pinv(attn2.float(), self.pinv_iterations).to(attn2.dtype)
-        out = (attn1 @ z) @ (attn3 @ v)  # (B, H, N, d)
+        out = attn1 @ (z @ (attn3 @ v))  # (B, H, N, d); this order never forms the (N, m) product attn1 @ z
         if self.res_conv is not None:
             out = out + self.res_conv(v)
         out = self.to_out(out.transpose(1, 2).flatten(2))  # (B, N, D)
