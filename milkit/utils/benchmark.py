@@ -3,7 +3,8 @@
 Every (model, bag size) runs in a fresh subprocess, so peak memory never mixes between models. Memory is
 ``torch.cuda.max_memory_allocated`` minus the allocation before the step on CUDA, and the peak-RSS increase
 over the step on CPU (``ru_maxrss`` after the first step − RSS before it). Time is the median over timed
-steps after one warm-up step. A step is ``loss = task_loss + the model's own losses; loss.backward()``
+steps after one warm-up step, as wall-clock and as process CPU time (all threads; less sensitive to other
+load on a shared CPU machine than wall-clock). A step is ``loss = task_loss + the model's own losses; loss.backward()``
 (torchmil: ``compute_loss`` + ``backward``). Failures (e.g. out of memory) are recorded and the run goes on.
 """
 from __future__ import annotations
@@ -104,15 +105,17 @@ def measure(name: str, n: int, device: str = "cpu", repeats: int = 3, max_second
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
     times: list[float] = []
+    cpu_times: list[float] = []
     start = time.perf_counter()
     while len(times) < repeats and (not times or time.perf_counter() - start < max_seconds):
         model.zero_grad(set_to_none=True)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         run()
         sync()
         times.append(time.perf_counter() - t0)
-    return {"time_s": statistics.median(times), "peak_mb": peak / 2**20, "timed_steps": len(times),
-            "params": sum(p.numel() for p in model.parameters())}
+        cpu_times.append(time.process_time() - c0)
+    return {"time_s": statistics.median(times), "cpu_s": statistics.median(cpu_times), "peak_mb": peak / 2**20,
+            "timed_steps": len(times), "params": sum(p.numel() for p in model.parameters())}
 
 
 def _measure_in_subprocess(name: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -148,26 +151,26 @@ def run_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
 def _fmt_row(r: dict[str, Any]) -> str:
     if "error" in r:
         return f"{r['model']:<22} {r['n']:>7}  failed: {r['error']}"
-    return f"{r['model']:<22} {r['n']:>7} {r['time_s'] * 1e3:>11.1f} {r['peak_mb']:>10.1f} {r['params'] / 1e6:>8.2f}"
+    return (f"{r['model']:<22} {r['n']:>7} {r['time_s'] * 1e3:>11.1f} {r['cpu_s'] * 1e3:>11.1f} "
+            f"{r['peak_mb']:>10.1f} {r['params'] / 1e6:>8.2f}")
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """Markdown table with milkit/torchmil ratios where a peer was measured at the same size."""
     by_key = {(r["model"], r["n"]): r for r in rows}
-    lines = ["| model | N | fwd+bwd ms | peak MB | params M | peer | time ratio | mem ratio |",
-             "|---|---:|---:|---:|---:|---|---:|---:|"]
+    lines = ["| model | N | fwd+bwd ms | CPU ms | peak MB | params M | peer | time ratio | CPU ratio | mem ratio |",
+             "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['n']} | failed: {r['error']} | | | | | |")
+            lines.append(f"| {r['model']} | {r['n']} | failed: {r['error']} | | | | | | | |")
             continue
         peer = by_key.get((PEERS.get(r["model"], ""), r["n"]))
-        ratio_t = ratio_m = peer_name = ""
+        ratios = ["", "", ""]
         if peer and "error" not in peer:
-            peer_name = peer["model"]
-            ratio_t = f"{r['time_s'] / peer['time_s']:.2f}"
-            ratio_m = f"{r['peak_mb'] / peer['peak_mb']:.2f}" if peer["peak_mb"] > 0 else ""
-        lines.append(f"| {r['model']} | {r['n']} | {r['time_s'] * 1e3:.1f} | {r['peak_mb']:.1f} | "
-                     f"{r['params'] / 1e6:.2f} | {peer_name} | {ratio_t} | {ratio_m} |")
+            ratios = [f"{r[k] / peer[k]:.2f}" if peer[k] > 0 else "" for k in ("time_s", "cpu_s", "peak_mb")]
+        lines.append(f"| {r['model']} | {r['n']} | {r['time_s'] * 1e3:.1f} | {r['cpu_s'] * 1e3:.1f} | "
+                     f"{r['peak_mb']:.1f} | {r['params'] / 1e6:.2f} | {peer['model'] if peer else ''} | "
+                     f"{' | '.join(ratios)} |")
     return "\n".join(lines)
 
 

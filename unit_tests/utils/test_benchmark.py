@@ -9,15 +9,15 @@ from milkit.utils import benchmark
 
 def test_measure_one_bag() -> None:
     res = benchmark.measure("mean", 64, repeats=2)
-    assert res["time_s"] > 0 and res["timed_steps"] == 2 and res["params"] > 0
+    assert res["time_s"] > 0 and res["cpu_s"] > 0 and res["timed_steps"] == 2 and res["params"] > 0
 
 
 def test_table_ratios_against_the_peer() -> None:
-    rows = [{"model": "abmil", "n": 10, "time_s": 3.0, "peak_mb": 50.0, "params": 1e6},
-            {"model": "torchmil.abmil", "n": 10, "time_s": 2.0, "peak_mb": 25.0, "params": 1e6},
+    rows = [{"model": "abmil", "n": 10, "time_s": 3.0, "cpu_s": 1.0, "peak_mb": 50.0, "params": 1e6},
+            {"model": "torchmil.abmil", "n": 10, "time_s": 2.0, "cpu_s": 4.0, "peak_mb": 25.0, "params": 1e6},
             {"model": "transmil", "n": 10, "error": "out of memory"}]
     table = benchmark.format_table(rows)
-    assert "| abmil | 10 | 3000.0 | 50.0 | 1.00 | torchmil.abmil | 1.50 | 2.00 |" in table
+    assert "| abmil | 10 | 3000.0 | 1000.0 | 50.0 | 1.00 | torchmil.abmil | 1.50 | 0.25 | 2.00 |" in table
     assert "| transmil | 10 | failed: out of memory |" in table
 
 

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from milkit.errors import ConfigError
-from milkit.models.layers.masked import masked_logits, masked_softmax
+from milkit.models.layers.masked import masked_softmax
 
 __all__ = ["NystromAttention", "iterative_pinv", "segment_means"]
 
@@ -70,6 +70,16 @@ def segment_means(t: Tensor, lengths: list[int], n_segments: int) -> tuple[Tenso
         means.append(sums / counts.clamp_min(1.0).unsqueeze(-1))
         nonempty.append(counts > 0)
     return torch.stack(means), torch.stack(nonempty)
+
+
+def _masked_scores(a: Tensor, b: Tensor, keep: Tensor) -> Tensor:
+    """``a @ bᵀ`` plus ``finfo.min`` at the columns where ``keep (B, M)`` is False, in one fused op (no
+    masked copy of the large score matrix). Shapes: ``a (B, H, n, d)``, ``b (B, H, M, d)`` → ``(B, H, n, M)``."""
+    bsz, heads, n, d = a.shape
+    bias = torch.zeros(keep.shape, dtype=a.dtype, device=a.device).masked_fill(~keep, torch.finfo(a.dtype).min)
+    bias = bias[:, None, None, :].expand(bsz, heads, 1, keep.shape[1]).reshape(bsz * heads, 1, -1)
+    out = torch.baddbmm(bias, a.reshape(bsz * heads, n, d), b.reshape(bsz * heads, -1, d).transpose(1, 2))
+    return out.view(bsz, heads, n, -1)
 
 
 class NystromAttention(nn.Module):
@@ -121,11 +131,10 @@ class NystromAttention(nn.Module):
         q_land, nonempty = segment_means(q, lengths, self.n_landmarks)  # (B, H, m, d), (B, m)
         k_land, _ = segment_means(k, lengths, self.n_landmarks)
         land = nonempty[:, None, None, :]  # (B, 1, 1, m)
-        keys = mask[:, None, None, :]  # (B, 1, 1, N)
-        attn1 = torch.softmax(masked_logits(q @ k_land.transpose(-1, -2), land), dim=-1)  # (B, H, N, m)
+        attn1 = torch.softmax(_masked_scores(q, k_land, nonempty), dim=-1)  # (B, H, N, m)
         attn2 = masked_softmax(q_land @ k_land.transpose(-1, -2), land & land.transpose(-1, -2), dim=-1)  # (B, H, m, m)
         # rows of empty landmarks need no mask here: they meet the zero columns of attn1 and pinv(attn2)
-        attn3 = torch.softmax(masked_logits(q_land @ k.transpose(-1, -2), keys), dim=-1)  # (B, H, m, N)
+        attn3 = torch.softmax(_masked_scores(q_land, k, mask), dim=-1)  # (B, H, m, N)
         with torch.autocast(x.device.type, enabled=False):  # the iteration amplifies bf16/fp16 rounding
             z = iterative_pinv(attn2.float(), self.pinv_iterations).to(attn2.dtype)
         out = attn1 @ (z @ (attn3 @ v))  # (B, H, N, d); this order never forms the (N, m) product attn1 @ z
