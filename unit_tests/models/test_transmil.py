@@ -62,3 +62,13 @@ def test_bad_settings_are_config_errors() -> None:
         create_model("transmil", in_dim=8, num_classes=2, dim=10, heads=4)
     with pytest.raises(ConfigError, match="score_layer must be 0 or 1, got 2"):
         create_model("transmil", in_dim=8, num_classes=2, score_layer=2)
+
+
+def test_bf16_autocast_stays_close_to_float32() -> None:
+    model = create_model("transmil", in_dim=10, num_classes=2, dim=32, heads=4, attn_dropout=0.0).eval()
+    x = torch.randn(1, 50, 10)
+    with torch.no_grad():
+        ref = model(x).logits
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x).logits
+    torch.testing.assert_close(out.float(), ref, atol=0.03, rtol=0.05)
