@@ -1,0 +1,16 @@
+"""Forward+backward time and peak memory of registered MIL models on one bag, with torchmil as the peer.
+
+    python scripts/bench_models.py [--models abmil transmil ...] [--sizes 1000 10000 50000] [--device cuda]
+
+See ``milkit/utils/benchmark.py`` for what is measured.
+"""
+import sys
+
+from milkit.errors import MILKitError
+from milkit.utils.benchmark import main
+
+if __name__ == "__main__":
+    try:
+        main()
+    except MILKitError as err:
+        sys.exit(f"error: {err}")
