@@ -25,6 +25,7 @@ __all__ = ["READERS", "SlideReader", "OpenSlideReader", "ImageReader", "open_sli
 
 READERS: Registry["SlideReader"] = Registry("reader")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+MAX_IMAGE_PIXELS = 1 << 31  # 6 GiB of RGB: beyond that a plain image must be converted to a pyramid
 _CHUNK = 4096  # level pixels per side read at once when building thumbnails (bounded memory)
 
 
@@ -186,6 +187,9 @@ class ImageReader(SlideReader):
             w, h = self._probe()
         except Exception as exc:  # noqa: BLE001 - any decoder error means an unreadable file
             raise DataError(f"{self.path}: cannot open as an image ({_first_line(exc)})") from None
+        if w * h > MAX_IMAGE_PIXELS:
+            raise DataError(f"{self.path}: {w}x{h} is too large for the in-memory plain-image reader "
+                            "(and not a pyramid OpenSlide reads)")
         self.level_dimensions = ((w, h),)
         self.level_downsamples = (1.0,)
 

@@ -120,7 +120,8 @@ def _texture_bank(seed: int) -> dict[str, list[np.ndarray]]:
     for kind, (base, nucleus, density, (r0, r1)) in _COLORS.items():
         bank[kind] = []
         for _ in range(_BANK):
-            img = np.clip(rng.normal(base, 9.0, (_TEX_SIZE, _TEX_SIZE, 3)), 0, 255).astype(np.uint8)
+            noise = cv2.GaussianBlur(rng.normal(0.0, 9.0, (_TEX_SIZE, _TEX_SIZE, 3)), (0, 0), 2.0)
+            img = np.clip(np.asarray(base) + 2.5 * noise, 0, 255).astype(np.uint8)  # grainy, not white noise
             for _ in range(int(density * _TEX_SIZE * _TEX_SIZE / 1e4)):
                 x, y = rng.integers(0, _TEX_SIZE, 2)
                 shade = np.clip(np.asarray(nucleus) + rng.normal(0, 12, 3), 0, 255)
@@ -151,21 +152,40 @@ class _TileRenderer:
               sparse: bool) -> Iterator[bytes]:
         w, h = size
         white = np.full((tile, tile, 3), _WHITE, np.uint8)
-        for ty in range(0, h, tile):
-            for tx in range(0, w, tile):
-                tissue, tumour = self.scene._masks(tx * scale[0], ty * scale[1], tile, tile, scale)
-                k = _pick(tx // tile, ty // tile, level)
-                if not tissue.any():
+        nx, ny = -(-w // tile), -(-h // tile)
+        # classify tiles from a raster of 8 px per tile side; only mixed tiles are rasterised at full size
+        r = 8
+        rscale = (tile * scale[0] / r, tile * scale[1] / r)
+        tissue_r = rasterize(self.scene.tissue, (ny * r, nx * r), rscale)
+        empty, full = _tile_classes(tissue_r, r)
+        no_tumour, all_tumour = _tile_classes(tissue_r & rasterize(self.scene.tumour, tissue_r.shape, rscale), r)
+        for ty in range(ny):
+            for tx in range(nx):
+                k = _pick(tx, ty, level)
+                if empty[ty, tx]:
                     yield b"" if sparse else self.encode(("white",), white)
-                elif tumour.all():
+                elif all_tumour[ty, tx]:
                     yield self.encode(("tumour", k), self.bank["tumour"][k])
-                elif tissue.all() and not tumour.any():
+                elif full[ty, tx] and no_tumour[ty, tx]:
                     yield self.encode(("tissue", k), self.bank["tissue"][k])
                 else:
+                    tissue, tumour = self.scene._masks(tx * tile * scale[0], ty * tile * scale[1], tile, tile, scale)
                     out = white.copy()
                     out[tissue] = self.bank["tissue"][k][tissue]
                     out[tumour] = self.bank["tumour"][k][tumour]
                     yield self._enc(out, level=self.quality)
+
+
+def _tile_classes(mask: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per ``r × r`` block: (no pixel set, all set) over the block grown by one pixel on every side, so an
+    edge that only grazes a block still marks it as mixed."""
+    sat = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1))
+    np.cumsum(np.cumsum(mask, 0, dtype=np.float64), 1, out=sat[1:, 1:])
+    ny, nx = mask.shape[0] // r, mask.shape[1] // r
+    y0, y1 = np.clip(np.arange(ny) * r - 1, 0, None), np.clip(np.arange(1, ny + 1) * r + 1, None, mask.shape[0])
+    x0, x1 = np.clip(np.arange(nx) * r - 1, 0, None), np.clip(np.arange(1, nx + 1) * r + 1, None, mask.shape[1])
+    s = sat[y1][:, x1] - sat[y0][:, x1] - sat[y1][:, x0] + sat[y0][:, x0]
+    return s == 0, s == np.outer(y1 - y0, x1 - x0)
 
 
 def _level_sizes(width: int, height: int, min_size: int) -> list[tuple[int, int]]:
