@@ -31,7 +31,7 @@ import torch
 
 from milkit.features.dataset import TileBatches, default_num_workers, tile_loader
 from milkit.features.encoders import create_encoder
-from milkit.features.extract import autocast, extract_features
+from milkit.features.extract import autocast, cpu_threads, extract_features
 from milkit.wsi.geojson import mask_to_polygons, rasterize
 from milkit.wsi.readers import open_slide
 from milkit.wsi.segment import create_segmenter
@@ -187,7 +187,7 @@ def bench_extract(args: argparse.Namespace, work: Path, encoder_name: str, devic
         rgb, _ = r.thumbnail(8.0)
         coords = select_patches(geom, seg(rgb, 8.0), scale, 0.25)[:max_tiles]
     attrs = {**geom.attrs(), "name": "bench", "segmenter": "{}"}
-    n, nw = len(coords), (args.workers if args.workers is not None else default_num_workers())
+    n, nw = len(coords), (args.workers if args.workers is not None else default_num_workers(device.type))
     enc = create_encoder(encoder_name, weights=weights).to(device).eval()
 
     cpu0, t0 = _cpu(), time.perf_counter()  # reader only: the same loader, no encoder
@@ -199,7 +199,8 @@ def bench_extract(args: argparse.Namespace, work: Path, encoder_name: str, devic
     with open_slide(path) as r:  # encoder only: uint8 tiles already in memory, same device-side work
         batch = torch.from_numpy(np.stack([r.read_region(tuple(c), geom.read_level, (geom.read_size,) * 2)
                                            for c in coords[:batch_size]]))
-    with torch.inference_mode(), autocast(device, precision):
+    with torch.inference_mode(), autocast(device, precision), cpu_threads(device, nw):  # as extract_features
+        threads = torch.get_num_threads()
         enc.encode(batch.to(device))  # warm-up
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -217,9 +218,10 @@ def bench_extract(args: argparse.Namespace, work: Path, encoder_name: str, devic
         e2e, e2e_cpu = n / (time.perf_counter() - t0), (_cpu() - cpu0) / n
     ratio = e2e / min(reader, encoder)
     overhead = e2e_cpu / (reader_cpu + encoder_cpu)  # load-independent: extra CPU work of the pipeline
-    print(f"{encoder_name:<16}{precision:>6}{n:>7}{nw:>8}{reader:>10.1f}{encoder:>10.1f}{e2e:>10.1f}{ratio:>8.2f}"
+    print(f"{encoder_name:<16}{precision:>6}{n:>7}{nw:>8}{threads:>8}{reader:>10.1f}{encoder:>10.1f}{e2e:>10.1f}{ratio:>8.2f}"
           f"{1e3 * reader_cpu:>9.1f}{1e3 * encoder_cpu:>9.1f}{1e3 * e2e_cpu:>9.1f}{overhead:>9.2f}")
-    return {"encoder": encoder_name, "precision": precision, "tiles": n, "workers": nw, "batch_size": batch_size,
+    return {"encoder": encoder_name, "precision": precision, "tiles": n, "workers": nw, "threads": threads,
+            "batch_size": batch_size,
             "reader_tps": reader, "encoder_tps": encoder, "e2e_tps": e2e, "ratio": ratio, "device": str(device),
             "cpu_ms_per_tile": {"reader": 1e3 * reader_cpu, "encoder": 1e3 * encoder_cpu, "e2e": 1e3 * e2e_cpu},
             "cpu_overhead": overhead}
@@ -252,7 +254,7 @@ def main() -> None:
     results: dict = {}
     if "segtile" not in args.skip:
         results["seg_tile"] = bench_seg_tile(args, work)
-    head = (f"{'encoder':<16}{'prec':>6}{'tiles':>7}{'workers':>8}{'reader/s':>10}{'encoder/s':>10}{'e2e/s':>10}"
+    head = (f"{'encoder':<16}{'prec':>6}{'tiles':>7}{'workers':>8}{'threads':>8}{'reader/s':>10}{'encoder/s':>10}{'e2e/s':>10}"
             f"{'ratio':>8}  | cpu ms/tile: {'reader':>7}{'encoder':>9}{'e2e':>9}{'e2e/sum':>9}")
     cpu = torch.device("cpu")
     if "cpu" not in args.skip:

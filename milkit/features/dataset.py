@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from milkit.wsi.readers import SlideReader, open_slide
 
@@ -41,23 +41,28 @@ class TileBatches(Dataset):
 
     def __getitem__(self, i: int) -> torch.Tensor:
         rows = self.coords[i * self.batch_size:(i + 1) * self.batch_size]
-        out = np.empty((len(rows), self.size, self.size, 3), np.uint8)
+        batch = torch.empty((len(rows), self.size, self.size, 3), dtype=torch.uint8)
+        if get_worker_info() is not None:
+            batch.share_memory_()  # filled in place: sending it to the main process then copies nothing
+        out = batch.numpy()
         reader, wh = self.reader(), (self.size, self.size)
         for j, (x, y) in enumerate(rows):
             out[j] = reader.read_region((int(x), int(y)), self.level, wh)
-        return torch.from_numpy(out)
+        return batch
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_reader": None, "_pid": -1}
 
 
-def default_num_workers() -> int:
-    """One process per spare core (at most 16); the main process feeds the encoder."""
-    return max(1, min(16, (os.cpu_count() or 2) - 1))
+def default_num_workers(device_type: str = "cuda") -> int:
+    """GPU: one reader per spare core (at most 16). CPU: a quarter of the cores (at least 1), because the
+    encoder needs the rest there (reading a tile costs far less than encoding it)."""
+    cores = os.cpu_count() or 2
+    return max(1, min(16, cores - 1)) if device_type != "cpu" else max(1, cores // 4)
 
 
 def tile_loader(dataset: TileBatches, num_workers: int | None = None, pin_memory: bool = False) -> DataLoader:
-    nw = default_num_workers() if num_workers is None else int(num_workers)
+    nw = default_num_workers("cuda" if pin_memory else "cpu") if num_workers is None else int(num_workers)
     return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=nw, pin_memory=pin_memory,
                       prefetch_factor=4 if nw else None,
                       persistent_workers=False)

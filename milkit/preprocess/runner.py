@@ -53,6 +53,7 @@ class Settings:
     batch_size: int = 64
     num_workers: int | None = None
     device: str = "auto"
+    cpu_threads: int | str | None = "auto"
     precision: str | None = None
     feature_dtype: str = "float32"
     shard: int = 0
@@ -135,7 +136,7 @@ def process_slide(entry: SlideEntry, st: Settings, root: Path, seg: Segmenter, e
                     row.tiles, secs = extract_stage(
                         reader, encoder, paths, ann, st.label_min_fraction, progress=bar, batch_size=st.batch_size,
                         num_workers=st.num_workers, device=device, precision=st.precision,
-                        feature_dtype=st.feature_dtype)
+                        feature_dtype=st.feature_dtype, threads=st.cpu_threads)
                 if secs is not None:
                     done.append("extract")
                     row.tiles_per_s = row.tiles / max(secs, 1e-9)

@@ -80,3 +80,20 @@ def test_precision_and_device_rules(slide, setup, tmp_path):
         assert fb["features"].dtype == np.float16 and fb["features"].attrs["precision"] == "bf16"
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b.astype(np.float32), axis=1)
     assert cos.min() > 0.99
+
+
+def test_cpu_threads_leave_cores_to_readers(monkeypatch):
+    from milkit.features.extract import cpu_threads
+
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    cpu = torch.device("cpu")
+    torch.set_num_threads(6)
+    try:
+        for workers, threads, inside in [(2, "auto", 6), (4, "auto", 4), (8, "auto", 1), (2, 3, 3), (2, None, 6)]:
+            with cpu_threads(cpu, workers, threads):
+                assert torch.get_num_threads() == inside
+            assert torch.get_num_threads() == 6
+        with cpu_threads(torch.device("meta"), 8):
+            assert torch.get_num_threads() == 6  # only the CPU is affected
+    finally:
+        torch.set_num_threads(1)
