@@ -50,7 +50,7 @@ class Settings:
     tissue_geojson: str | None = None
     annotations: str | None = None
     label_min_fraction: float = 0.5
-    batch_size: int = 64
+    batch_size: int | None = None
     num_workers: int | None = None
     device: str = "auto"
     cpu_threads: int | str | None = "auto"
@@ -133,8 +133,9 @@ def process_slide(entry: SlideEntry, st: Settings, root: Path, seg: Segmenter, e
             if "extract" in st.stages and encoder is not None:
                 ann = Path(st.annotations) / f"{entry.slide_id}.geojson" if st.annotations else None
                 with tqdm(desc=entry.slide_id, unit="tile", leave=False, disable=not st.progress) as bar:
+                    batch = st.batch_size or (256 if device.type == "cuda" else 32)
                     row.tiles, secs = extract_stage(
-                        reader, encoder, paths, ann, st.label_min_fraction, progress=bar, batch_size=st.batch_size,
+                        reader, encoder, paths, ann, st.label_min_fraction, progress=bar, batch_size=batch,
                         num_workers=st.num_workers, device=device, precision=st.precision,
                         feature_dtype=st.feature_dtype, threads=st.cpu_threads)
                 if secs is not None:
