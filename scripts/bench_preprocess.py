@@ -175,56 +175,61 @@ def _seg_tile_once(args: argparse.Namespace, path: Path, title: str) -> dict:
 def bench_extract(args: argparse.Namespace, work: Path, encoder_name: str, device: torch.device, precision: str,
                   max_tiles: int, batch_size: int, weights: str | None = None,
                   size: tuple[int, int] | None = None) -> dict:
+    """Reader-only, encoder-only and end-to-end, interleaved ``args.repeats`` times; the best of each counts
+    (on a shared machine the best run is the one least disturbed by other jobs)."""
     size = size or args.extract_size
     path = work / f"extract_{size[0]}x{size[1]}.tiff"
     if not path.exists():
         write_synthetic_slide(path, make_scene(*size, n_tissue=4, n_tumour=2, seed=1), mpp=0.25)
     with open_slide(path) as r:
         geom = plan_geometry(r, 0.5, 256, 0)
-        tw, th = r.thumbnail_size(8.0)
-        scale = (geom.level0_width / tw, geom.level0_height / th)
         seg = create_segmenter("hsv")
-        rgb, _ = r.thumbnail(8.0)
-        coords = select_patches(geom, seg(rgb, 8.0), scale, 0.25)[:max_tiles]
+        rgb, scale = r.thumbnail(seg.seg_mpp)
+        coords = select_patches(geom, seg(rgb, seg.seg_mpp), scale, 0.25)[:max_tiles]
+        batch = torch.from_numpy(np.stack([r.read_region(tuple(c), geom.read_level, (geom.read_size,) * 2)
+                                           for c in coords[:batch_size]]))
     attrs = {**geom.attrs(), "name": "bench", "segmenter": "{}"}
     n, nw = len(coords), (args.workers if args.workers is not None else default_num_workers(device.type))
     enc = create_encoder(encoder_name, weights=weights).to(device).eval()
 
-    cpu0, t0 = _cpu(), time.perf_counter()  # reader only: the same loader, no encoder
-    for tiles in tile_loader(TileBatches(path, coords, geom.read_level, geom.read_size, batch_size), nw,
-                             pin_memory=device.type == "cuda"):
-        tiles.to(device, non_blocking=True)
-    reader, reader_cpu = n / (time.perf_counter() - t0), (_cpu() - cpu0) / n
+    def reader_only() -> None:  # the same loader, no encoder
+        for tiles in tile_loader(TileBatches(path, coords, geom.read_level, geom.read_size, batch_size), nw,
+                                 pin_memory=device.type == "cuda"):
+            tiles.to(device, non_blocking=True)
 
-    with open_slide(path) as r:  # encoder only: uint8 tiles already in memory, same device-side work
-        batch = torch.from_numpy(np.stack([r.read_region(tuple(c), geom.read_level, (geom.read_size,) * 2)
-                                           for c in coords[:batch_size]]))
-    with torch.inference_mode(), autocast(device, precision), cpu_threads(device, nw):  # as extract_features
+    def encoder_only() -> None:  # uint8 tiles already in memory, same device-side work and thread setting
+        with torch.inference_mode(), autocast(device, precision), cpu_threads(device, nw):
+            for _ in range(0, n, batch_size):
+                enc.encode(batch.to(device, non_blocking=True)).float().cpu()
+
+    def end_to_end() -> None:
+        with tempfile.TemporaryDirectory(dir=work) as tmp:
+            extract_features(path, coords, attrs, enc, Path(tmp) / "f.h5", batch_size=batch_size, num_workers=nw,
+                             device=device, precision=precision)
+
+    with torch.inference_mode(), autocast(device, precision), cpu_threads(device, nw):
         threads = torch.get_num_threads()
         enc.encode(batch.to(device))  # warm-up
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        cpu0, t0 = _cpu(), time.perf_counter()
-        done = 0
-        while done < n:
-            enc.encode(batch.to(device, non_blocking=True)).float().cpu()
-            done += len(batch)
-    encoder, encoder_cpu = done / (time.perf_counter() - t0), (_cpu() - cpu0) / done
-
-    with tempfile.TemporaryDirectory(dir=work) as tmp:
-        cpu0, t0 = _cpu(), time.perf_counter()
-        extract_features(path, coords, attrs, enc, Path(tmp) / "f.h5", batch_size=batch_size, num_workers=nw,
-                         device=device, precision=precision)
-        e2e, e2e_cpu = n / (time.perf_counter() - t0), (_cpu() - cpu0) / n
+    done = n if n % batch_size == 0 else (n // batch_size + 1) * batch_size
+    best: dict[str, tuple[float, float]] = {}
+    for _ in range(args.repeats):
+        for name, fn, count in (("reader", reader_only, n), ("encoder", encoder_only, done), ("e2e", end_to_end, n)):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            cpu0, t0 = _cpu(), time.perf_counter()
+            fn()
+            tps, cpu = count / (time.perf_counter() - t0), (_cpu() - cpu0) / count
+            if tps > best.get(name, (0.0, 0.0))[0]:
+                best[name] = (tps, cpu)
+    (reader, r_cpu), (encoder, e_cpu), (e2e, x_cpu) = best["reader"], best["encoder"], best["e2e"]
     ratio = e2e / min(reader, encoder)
-    overhead = e2e_cpu / (reader_cpu + encoder_cpu)  # load-independent: extra CPU work of the pipeline
-    print(f"{encoder_name:<16}{precision:>6}{n:>7}{nw:>8}{threads:>8}{reader:>10.1f}{encoder:>10.1f}{e2e:>10.1f}{ratio:>8.2f}"
-          f"{1e3 * reader_cpu:>9.1f}{1e3 * encoder_cpu:>9.1f}{1e3 * e2e_cpu:>9.1f}{overhead:>9.2f}")
+    overhead = x_cpu / (r_cpu + e_cpu)  # load-independent: extra CPU work of the pipeline
+    print(f"{encoder_name:<16}{precision:>6}{n:>7}{nw:>8}{threads:>8}{reader:>10.1f}{encoder:>10.1f}{e2e:>10.1f}"
+          f"{ratio:>8.2f}{1e3 * r_cpu:>23.1f}{1e3 * e_cpu:>9.1f}{1e3 * x_cpu:>9.1f}{overhead:>9.2f}")
     return {"encoder": encoder_name, "precision": precision, "tiles": n, "workers": nw, "threads": threads,
-            "batch_size": batch_size,
-            "reader_tps": reader, "encoder_tps": encoder, "e2e_tps": e2e, "ratio": ratio, "device": str(device),
-            "cpu_ms_per_tile": {"reader": 1e3 * reader_cpu, "encoder": 1e3 * encoder_cpu, "e2e": 1e3 * e2e_cpu},
-            "cpu_overhead": overhead}
+            "batch_size": batch_size, "reader_tps": reader, "encoder_tps": encoder, "e2e_tps": e2e, "ratio": ratio,
+            "device": str(device), "cpu_overhead": overhead,
+            "cpu_ms_per_tile": {"reader": 1e3 * r_cpu, "encoder": 1e3 * e_cpu, "e2e": 1e3 * x_cpu}}
 
 
 def _cpu() -> float:
@@ -239,7 +244,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small sizes to check the script")
     p.add_argument("--workdir", default=os.environ.get("MILKIT_BENCH_DIR", "data/generated/bench"))
-    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: cores - 1)")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: as preprocess)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--skip", nargs="*", default=[], choices=["segtile", "cpu", "gpu"])
@@ -254,13 +259,13 @@ def main() -> None:
     results: dict = {}
     if "segtile" not in args.skip:
         results["seg_tile"] = bench_seg_tile(args, work)
-    head = (f"{'encoder':<16}{'prec':>6}{'tiles':>7}{'workers':>8}{'threads':>8}{'reader/s':>10}{'encoder/s':>10}{'e2e/s':>10}"
-            f"{'ratio':>8}  | cpu ms/tile: {'reader':>7}{'encoder':>9}{'e2e':>9}{'e2e/sum':>9}")
+    head = (f"{'encoder':<16}{'prec':>6}{'tiles':>7}{'workers':>8}{'threads':>8}{'reader/s':>10}{'encoder/s':>10}"
+            f"{'e2e/s':>10}{'ratio':>8}  | cpu ms/tile: {'reader':>7}{'encoder':>9}{'e2e':>9}{'e2e/sum':>9}")
     cpu = torch.device("cpu")
     if "cpu" not in args.skip:
         print("\n== extraction on CPU (ratio = end-to-end / min(reader-only, encoder-only)) ==\n" + head)
-        results["cpu"] = [bench_extract(args, work, "tiny", cpu, "fp32", 600 if args.quick else 3000, 64),
-                          bench_extract(args, work, "resnet50_trunc", cpu, "fp32", 64 if args.quick else 256, 32,
+        results["cpu"] = [bench_extract(args, work, "tiny", cpu, "fp32", 600 if args.quick else 3000, 32),
+                          bench_extract(args, work, "resnet50_trunc", cpu, "fp32", 64 if args.quick else 160, 32,
                                         weights="random")]
     if torch.cuda.is_available() and "gpu" not in args.skip:
         gpu = torch.device("cuda", 0)

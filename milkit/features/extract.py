@@ -47,8 +47,9 @@ def resolve_precision(encoder: PatchEncoder, device: torch.device, precision: st
 @contextlib.contextmanager
 def cpu_threads(device: torch.device, num_workers: int, threads: int | str | None = "auto") -> Iterator[None]:
     """On the CPU, run the encoder with ``threads`` intra-op threads (``"auto"``: the cores the readers leave
-    free, never more than the current setting), restoring the previous setting after. More threads than free cores make OpenMP spin against the
-    reader processes: on a loaded 2-core machine a 2-thread tiny encoder burnt 20× the CPU of a 1-thread one."""
+    free, never more than the current setting), restoring the previous setting after. More threads than free
+    cores make OpenMP spin against the reader processes: on a loaded 2-core machine a 2-thread tiny encoder
+    burnt 20× the CPU time of a 1-thread one."""
     if device.type != "cpu" or threads is None:
         yield
         return

@@ -240,7 +240,8 @@ class ImageReader(SlideReader):
                     with _pil_open(self.path) as img:
                         arr = np.asarray(img.convert("RGBA") if img.mode in ("RGBA", "LA", "P") else img.convert("RGB"))
             except Exception as exc:  # noqa: BLE001
-                raise DataError(f"{self.path}: cannot decode image ({_first_line(exc)}); truncated or corrupt?") from None
+                raise DataError(f"{self.path}: cannot decode image ({_first_line(exc)}); truncated or corrupt?") \
+                    from None
             if arr.ndim == 2:
                 arr = np.repeat(arr[..., None], 3, axis=2)
             if arr.dtype != np.uint8:

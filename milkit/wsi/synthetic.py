@@ -281,8 +281,8 @@ def write_synthetic_cohort(root: str | os.PathLike, n_slides: int = 8, width: in
     rows = []
     for i, label in enumerate(labels):
         sid = f"synth_{i:03d}"
-        scene = make_scene(width, height, n_tissue=int(rng.integers(2, 4)), n_tumour=int(label) * int(rng.integers(1, 3)),
-                           seed=seed * 1000 + i)
+        n_tumour = int(label) * int(rng.integers(1, 3))
+        scene = make_scene(width, height, n_tissue=int(rng.integers(2, 4)), n_tumour=n_tumour, seed=seed * 1000 + i)
         write_synthetic_slide(root / "slides" / f"{sid}.tiff", scene, mpp=mpp, flavour=flavour)
         write_geojson(root / "annotations" / f"{sid}.geojson", scene.tumour, name="Tumor")
         rows.append({"slide_id": sid, "case_id": f"case_{i:03d}", "label": int(label)})
