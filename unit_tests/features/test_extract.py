@@ -12,6 +12,8 @@ from milkit.features.extract import extract_features, resolve_device, resolve_pr
 from milkit.wsi.readers import open_slide
 from milkit.wsi.tiling import grid_coords, plan_geometry
 
+pytestmark = pytest.mark.wsi  # needs OpenSlide and generated slides
+
 
 @pytest.fixture(scope="module")
 def setup(slide):

@@ -6,6 +6,8 @@ from milkit.errors import DataError
 from milkit.wsi.mpp import require_mpp, resolve_mpp
 from milkit.wsi.readers import open_slide
 
+pytestmark = pytest.mark.wsi  # needs OpenSlide and generated slides
+
 
 @pytest.mark.parametrize("props, res, mpp, source", [
     ({"openslide.mpp-x": "0.25", "openslide.mpp-y": "0.27", "aperio.MPP": "9"}, None, 0.26, "openslide"),

@@ -8,6 +8,8 @@ from milkit.errors import DataError
 from milkit.wsi.readers import ImageReader, OpenSlideReader, open_slide
 from milkit.wsi.synthetic import SyntheticScene, write_synthetic_slide
 
+pytestmark = pytest.mark.wsi  # needs OpenSlide and generated slides
+
 
 def test_format_detection(slides):
     assert isinstance(open_slide(slides.generic), OpenSlideReader)

@@ -22,6 +22,8 @@ from milkit.wsi.synthetic import SyntheticScene, make_scene, write_synthetic_sli
 
 from .conftest import undecodable_copy
 
+pytestmark = pytest.mark.wsi  # needs OpenSlide and generated slides
+
 REPO = Path(__file__).resolve().parents[2]
 OVERRIDES = ["encoder=tiny", "segmenter.seg_mpp=4.0", "segmenter.median_px=5", "segmenter.close_px=3",
              "segmenter.min_object_um2=5000", "segmenter.min_hole_um2=200", "target_mpp=1.0", "patch_size=32",

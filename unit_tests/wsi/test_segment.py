@@ -9,6 +9,8 @@ from milkit.wsi.geojson import rasterize
 from milkit.wsi.readers import open_slide
 from milkit.wsi.segment import create_segmenter, remove_small_regions
 
+pytestmark = pytest.mark.wsi  # needs OpenSlide and generated slides
+
 SMALL = dict(median_px=5, close_px=3, min_object_um2=5_000, min_hole_um2=200)
 
 

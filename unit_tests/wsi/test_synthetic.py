@@ -6,9 +6,12 @@ import tracemalloc
 
 import cv2
 import numpy as np
+import pytest
 
 from milkit.wsi.readers import open_slide
 from milkit.wsi.synthetic import make_scene, write_synthetic_cohort, write_synthetic_slide
+
+pytestmark = pytest.mark.wsi  # needs OpenSlide and generated slides
 
 
 def test_scene_ground_truth(slides):

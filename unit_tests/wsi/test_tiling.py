@@ -8,6 +8,8 @@ from milkit.wsi.geojson import rasterize
 from milkit.wsi.readers import open_slide
 from milkit.wsi.tiling import box_fractions, grid_coords, plan_geometry, polygon_fractions, select_patches
 
+pytestmark = pytest.mark.wsi  # needs OpenSlide and generated slides
+
 
 def _expected_axis(length: int, size: int, step: float) -> list[int]:
     out, i = [], 0
