@@ -1,0 +1,68 @@
+"""Tiles of one slide as a map-style dataset whose items are whole batches of uint8 tiles.
+
+Each DataLoader worker opens the slide once (lazily, in its own process; a handle is never shared across a
+fork) and reads its batches sequentially. Items are ``(B, read_size, read_size, 3)`` uint8 tensors, so one
+inter-process message carries a batch and tiles cross to the device as bytes (resizing happens there).
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from milkit.wsi.readers import SlideReader, open_slide
+
+__all__ = ["TileBatches", "tile_loader", "default_num_workers"]
+
+
+class TileBatches(Dataset):
+    """Batch ``i`` holds tiles ``coords[i*B:(i+1)*B]`` read at ``level`` with side ``size``."""
+
+    def __init__(self, path: str | os.PathLike, coords: np.ndarray, level: int, size: int, batch_size: int,
+                 reader: str = "auto") -> None:
+        self.path, self.coords, self.level, self.size = str(path), np.asarray(coords), int(level), int(size)
+        self.batch_size, self.reader_name = int(batch_size), reader
+        self._reader: SlideReader | None = None
+        self._pid = -1
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.coords) / self.batch_size)
+
+    def reader(self) -> SlideReader:
+        if self._reader is None or self._pid != os.getpid():
+            self._reader, self._pid = open_slide(self.path, self.reader_name), os.getpid()
+        return self._reader
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        rows = self.coords[i * self.batch_size:(i + 1) * self.batch_size]
+        out = np.empty((len(rows), self.size, self.size, 3), np.uint8)
+        reader, wh = self.reader(), (self.size, self.size)
+        for j, (x, y) in enumerate(rows):
+            out[j] = reader.read_region((int(x), int(y)), self.level, wh)
+        return torch.from_numpy(out)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_reader": None, "_pid": -1}
+
+
+def _worker_init(_: int) -> None:
+    import cv2
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+
+
+def default_num_workers() -> int:
+    """One process per spare core (at most 16); the main process feeds the encoder."""
+    return max(1, min(16, (os.cpu_count() or 2) - 1))
+
+
+def tile_loader(dataset: TileBatches, num_workers: int | None = None, pin_memory: bool = False) -> DataLoader:
+    nw = default_num_workers() if num_workers is None else int(num_workers)
+    return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=nw, pin_memory=pin_memory,
+                      worker_init_fn=_worker_init if nw else None, prefetch_factor=4 if nw else None,
+                      persistent_workers=False)
