@@ -59,6 +59,7 @@ def resolve_settings(meta: Mapping[str, Any], overrides: Mapping[str, Any], wher
     ``overlap``, ``min_tissue`` and the segmenter fall back to the preprocessing defaults, with a note.
     """
     notes: list[str] = []
+    missing: list[str] = []
 
     def pick(key: str, default: Any = None, required: bool = False) -> Any:
         if overrides.get(key) is not None:
@@ -70,11 +71,18 @@ def resolve_settings(meta: Mapping[str, Any], overrides: Mapping[str, Any], wher
         if key == "target_mpp" and meta.get("target_magnification"):
             return 10.0 / float(meta["target_magnification"])
         if required:
-            raise ConfigError(f"{where}: the checkpoint does not record '{key}' (features made without milkit "
-                              f"attributes?); set {key}=<value>")
-        notes.append(f"{key} not recorded, using {default}")
+            missing.append(key)
+        else:
+            notes.append(f"{key} not recorded, using {default}")
         return default
 
+    values = {"target_mpp": pick("target_mpp", required=True), "patch_size": pick("patch_size", required=True),
+              "overlap": pick("overlap", 0), "min_tissue": pick("min_tissue", 0.25),
+              "encoder": pick("encoder", required=True)}
+    if missing:
+        keys = ", ".join(f"{'encoder.name' if k == 'encoder' else k}=<value>" for k in missing)
+        raise ConfigError(f"{where}: the checkpoint does not record {', '.join(repr(k) for k in missing)} "
+                          f"(features made without milkit attributes?); set {keys}")
     seg = overrides.get("segmenter")
     if seg is None:
         seg = recorded_segmenter(meta)
@@ -82,16 +90,11 @@ def resolve_settings(meta: Mapping[str, Any], overrides: Mapping[str, Any], wher
             why = "made from user tissue GeoJSONs" if seg else "not recorded"
             notes.append(f"segmenter {why}: using the default HSV/Otsu segmenter (or give tissue_geojson=)")
             seg = dict(_DEFAULT_SEGMENTER)
-    encoder = overrides.get("encoder") or meta.get("encoder")
-    if not encoder:
-        raise ConfigError(f"{where}: the checkpoint does not record the patch encoder; set encoder.name=<name>")
-    if overrides.get("encoder") and meta.get("encoder") and overrides["encoder"] != meta["encoder"]:
-        notes.append(f"encoder={overrides['encoder']} overrides the recorded {meta['encoder']}")
+    encoder = str(values["encoder"])
     return SlideSettings(
-        target_mpp=float(pick("target_mpp", required=True)), patch_size=int(pick("patch_size", required=True)),
-        overlap=int(pick("overlap", 0)), min_tissue=float(pick("min_tissue", 0.25)), segmenter=dict(seg),
-        encoder=str(encoder), weights_hash=meta.get("weights_hash") if encoder == meta.get("encoder") else None,
-        notes=tuple(notes))
+        target_mpp=float(values["target_mpp"]), patch_size=int(values["patch_size"]), overlap=int(values["overlap"]),
+        min_tissue=float(values["min_tissue"]), segmenter=dict(seg), encoder=encoder,
+        weights_hash=meta.get("weights_hash") if encoder == meta.get("encoder") else None, notes=tuple(notes))
 
 
 def build_segmenter(params: Mapping[str, Any]) -> Segmenter:
