@@ -3,6 +3,8 @@
 Each DataLoader worker opens the slide once (lazily, in its own process; a handle is never shared across a
 fork) and reads its batches sequentially. Items are ``(B, read_size, read_size, 3)`` uint8 tensors, so one
 inter-process message carries a batch and tiles cross to the device as bytes (resizing happens there).
+The worker path uses no OpenCV: in a forked child, OpenCV's thread pool inherited from a parent that already
+used it can deadlock (seen with ``cv2.setNumThreads``). PyTorch already gives each worker one thread.
 """
 from __future__ import annotations
 
@@ -49,13 +51,6 @@ class TileBatches(Dataset):
         return {**self.__dict__, "_reader": None, "_pid": -1}
 
 
-def _worker_init(_: int) -> None:
-    import cv2
-
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)
-
-
 def default_num_workers() -> int:
     """One process per spare core (at most 16); the main process feeds the encoder."""
     return max(1, min(16, (os.cpu_count() or 2) - 1))
@@ -64,5 +59,5 @@ def default_num_workers() -> int:
 def tile_loader(dataset: TileBatches, num_workers: int | None = None, pin_memory: bool = False) -> DataLoader:
     nw = default_num_workers() if num_workers is None else int(num_workers)
     return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=nw, pin_memory=pin_memory,
-                      worker_init_fn=_worker_init if nw else None, prefetch_factor=4 if nw else None,
+                      prefetch_factor=4 if nw else None,
                       persistent_workers=False)

@@ -19,6 +19,7 @@ import numpy as np
 
 from milkit.errors import DataError
 from milkit.registry import Registry
+from milkit.wsi.jpegtiff import downscaled_level
 from milkit.wsi.mpp import MppResult, objective_power, require_mpp, resolve_mpp
 
 __all__ = ["READERS", "SlideReader", "OpenSlideReader", "ImageReader", "open_slide", "IMAGE_SUFFIXES"]
@@ -26,6 +27,7 @@ __all__ = ["READERS", "SlideReader", "OpenSlideReader", "ImageReader", "open_sli
 READERS: Registry["SlideReader"] = Registry("reader")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 MAX_IMAGE_PIXELS = 1 << 31  # 6 GiB of RGB: beyond that a plain image must be converted to a pyramid
+FAST_THUMB_PIXELS = 1 << 22  # levels at least this large use the DCT-downscaled JPEG path for thumbnails
 _CHUNK = 4096  # level pixels per side read at once when building thumbnails (bounded memory)
 
 
@@ -156,6 +158,20 @@ class OpenSlideReader(SlideReader):
         self.level_downsamples = tuple(float(d) for d in self._slide.level_downsamples)
         self.properties = dict(self._slide.properties)
 
+    def thumbnail(self, mpp: float) -> tuple[np.ndarray, tuple[float, float]]:
+        """Fast path for JPEG-tiled TIFF pyramids (DCT-domain downscaled decode), else the generic read."""
+        level = self.best_level(max(mpp / self.mpp, 1.0))
+        lw, lh = self.level_dimensions[level]
+        if self.properties.get("openslide.vendor") in ("generic-tiff", "aperio") and lw * lh >= FAST_THUMB_PIXELS:
+            tw, th = self.thumbnail_size(mpp)
+            try:
+                img = downscaled_level(self.path, self.level_dimensions, level, (tw, th))
+            except Exception:  # noqa: BLE001 - any decoder surprise: fall back to OpenSlide, which reports it
+                img = None
+            if img is not None:
+                return img, (self.dimensions[0] / tw, self.dimensions[1] / th)
+        return super().thumbnail(mpp)
+
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         import openslide
 
@@ -225,7 +241,7 @@ class ImageReader(SlideReader):
                     with _pil_open(self.path) as img:
                         arr = np.asarray(img.convert("RGBA") if img.mode in ("RGBA", "LA", "P") else img.convert("RGB"))
             except Exception as exc:  # noqa: BLE001
-                raise DataError(f"{self.path}: cannot decode image ({_first_line(exc)})") from None
+                raise DataError(f"{self.path}: cannot decode image ({_first_line(exc)}); truncated or corrupt?") from None
             if arr.ndim == 2:
                 arr = np.repeat(arr[..., None], 3, axis=2)
             if arr.dtype != np.uint8:

@@ -42,6 +42,8 @@ def remove_small_regions(mask: np.ndarray, min_area_px: float, connectivity: int
         return mask
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=connectivity)
     keep = stats[:, cv2.CC_STAT_AREA] >= min_area_px
+    if keep[1:].all():
+        return mask
     keep[0] = False  # label 0 is the complement of mask
     return keep[labels]
 
@@ -51,7 +53,8 @@ class HSVSegmenter:
     """Saturation-based tissue detector (CLAM-style) with sizes in µm².
 
     Args:
-        seg_mpp: resolution of the thumbnail (µm/px); 8 ≈ 1.25× magnification.
+        seg_mpp: resolution of the thumbnail (µm/px); 16 ≈ 0.625×, the resolution CLAM segments a 40× scan
+            at (its level closest to a 64× downsample), so CLAM's kernel sizes keep their physical meaning.
         threshold: ``"otsu"`` or a fixed saturation value in 0..255 (CLAM's ``sthresh``, default 8).
         min_threshold: floor applied to Otsu's value.
         median_px: median-blur kernel (odd, pixels at ``seg_mpp``).
@@ -60,7 +63,7 @@ class HSVSegmenter:
         min_hole_um2: holes smaller than this are filled (kept as tissue).
     """
 
-    seg_mpp: float = 8.0
+    seg_mpp: float = 16.0
     threshold: str | int = "otsu"
     min_threshold: int = 8
     median_px: int = 7
@@ -100,7 +103,7 @@ class HSVSegmenter:
 class WholeSlideSegmenter:
     """Everything is tissue (for TMA cores or images that are already cropped to tissue)."""
 
-    seg_mpp: float = 8.0
+    seg_mpp: float = 16.0
 
     def __call__(self, rgb: np.ndarray, mpp: float) -> np.ndarray:
         return np.ones(rgb.shape[:2], bool)

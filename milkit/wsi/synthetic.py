@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from milkit.wsi.geojson import Polygon, rasterize, write_geojson
+from milkit.wsi.tiling import summed_area_table
 
 __all__ = ["SyntheticScene", "make_scene", "write_synthetic_slide", "write_synthetic_image",
            "write_synthetic_cohort"]
@@ -179,8 +180,7 @@ class _TileRenderer:
 def _tile_classes(mask: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
     """Per ``r × r`` block: (no pixel set, all set) over the block grown by one pixel on every side, so an
     edge that only grazes a block still marks it as mixed."""
-    sat = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1))
-    np.cumsum(np.cumsum(mask, 0, dtype=np.float64), 1, out=sat[1:, 1:])
+    sat = summed_area_table(mask)
     ny, nx = mask.shape[0] // r, mask.shape[1] // r
     y0, y1 = np.clip(np.arange(ny) * r - 1, 0, None), np.clip(np.arange(1, ny + 1) * r + 1, None, mask.shape[0])
     x0, x1 = np.clip(np.arange(nx) * r - 1, 0, None), np.clip(np.arange(1, nx + 1) * r + 1, None, mask.shape[1])
@@ -209,12 +209,14 @@ def _render_region(scene: SyntheticScene, bank: dict[str, list[np.ndarray]], siz
 
 def write_synthetic_slide(path: str | os.PathLike, scene: SyntheticScene, mpp: float = 0.25,
                           flavour: str = "generic", tile: int = 256, quality: int = 80,
-                          sparse_background: bool = False, min_level_size: int = 128) -> Path:
+                          sparse_background: bool = False, min_level_size: int = 128,
+                          max_levels: int | None = None) -> Path:
     """Write ``scene`` as a pyramidal tiled JPEG TIFF.
 
     ``flavour``: ``generic`` (resolution tags → OpenSlide ``generic-tiff`` with mpp), ``aperio`` (Aperio
     ImageDescription with ``AppMag``/``MPP`` and a stripped thumbnail IFD → OpenSlide ``aperio``), or
-    ``no_mpp`` (generic TIFF without resolution, for the missing-MPP path).
+    ``no_mpp`` (generic TIFF without resolution, for the missing-MPP path). Levels step by 4 down to
+    ``min_level_size``; ``max_levels=3`` gives the 1/4/16 pyramid of most Aperio 40× scans.
     """
     import tifffile
 
@@ -224,7 +226,7 @@ def write_synthetic_slide(path: str | os.PathLike, scene: SyntheticScene, mpp: f
     path.parent.mkdir(parents=True, exist_ok=True)
     bank = _texture_bank(scene.seed)
     renderer = _TileRenderer(scene, bank, quality)
-    sizes = _level_sizes(scene.width, scene.height, min_level_size)
+    sizes = _level_sizes(scene.width, scene.height, min_level_size)[:max_levels]
     mag = 10.0 / mpp
     head = f"Aperio Image Library v12.0.15 \n{scene.width}x{scene.height} [0,0 {scene.width}x{scene.height}]"
     with tifffile.TiffWriter(path, bigtiff=scene.width * scene.height > 2**31) as tw:

@@ -22,7 +22,7 @@ from milkit.wsi.geojson import Polygon, rasterize
 from milkit.wsi.readers import SlideReader
 
 __all__ = ["PatchGeometry", "plan_geometry", "grid_coords", "box_fractions", "select_patches",
-           "polygon_fractions"]
+           "polygon_fractions", "summed_area_table"]
 
 
 @dataclass(frozen=True)
@@ -88,14 +88,24 @@ def grid_coords(geom: PatchGeometry) -> np.ndarray:
     return np.stack([gx.ravel(), gy.ravel()], axis=1)
 
 
+def summed_area_table(mask: np.ndarray) -> np.ndarray:
+    """``S[i, j] = mask[:i, :j].sum()``, shape ``(h+1, w+1)``; int32 while it cannot overflow."""
+    dtype = np.int32 if mask.size < 2**31 else np.int64
+    sat = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype)
+    np.cumsum(np.cumsum(mask, axis=0, dtype=dtype), axis=1, out=sat[1:, 1:])
+    return sat
+
+
 def _sample(sat: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Bilinear sample of the summed-area table ``sat`` ((h+1, w+1)) at columns ``u``, rows ``v``."""
     h, w = sat.shape[0] - 1, sat.shape[1] - 1
     u, v = np.clip(u, 0, w), np.clip(v, 0, h)
     u0, v0 = np.minimum(np.floor(u).astype(np.int64), w - 1), np.minimum(np.floor(v).astype(np.int64), h - 1)
     fu, fv = u - u0, v - v0
-    top = sat[v0, u0] * (1 - fu) + sat[v0, u0 + 1] * fu
-    bot = sat[v0 + 1, u0] * (1 - fu) + sat[v0 + 1, u0 + 1] * fu
+    s00, s01 = sat[v0, u0].astype(np.float64), sat[v0, u0 + 1].astype(np.float64)
+    s10, s11 = sat[v0 + 1, u0].astype(np.float64), sat[v0 + 1, u0 + 1].astype(np.float64)
+    top = s00 * (1 - fu) + s01 * fu
+    bot = s10 * (1 - fu) + s11 * fu
     return top * (1 - fv) + bot * fv
 
 
@@ -106,8 +116,7 @@ def box_fractions(mask: np.ndarray, scale: tuple[float, float], coords: np.ndarr
     """
     if len(coords) == 0:
         return np.zeros(0)
-    sat = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1))
-    np.cumsum(np.cumsum(mask, axis=0, dtype=np.float64), axis=1, out=sat[1:, 1:])
+    sat = summed_area_table(mask)
     sx, sy = scale
     x0, y0 = coords[:, 0] / sx, coords[:, 1] / sy
     x1, y1 = (coords[:, 0] + size) / sx, (coords[:, 1] + size) / sy

@@ -75,3 +75,23 @@ def test_thumbnail_chunked_equals_whole(slides, monkeypatch):
         assert np.abs(chunked.astype(int) - whole).mean() < 1.0
         tiny, scale = r.thumbnail(1000.0)
         assert tiny.shape == (1, 1, 3) and scale == (2048.0, 2048.0)
+
+
+@pytest.mark.parametrize("which, mpp", [("generic", 1.0), ("generic", 3.0), ("aperio", 1.0), ("aperio", 2.0)])
+def test_fast_jpeg_thumbnail_matches_openslide(slides, monkeypatch, which, mpp):
+    with open_slide(getattr(slides, which)) as r:
+        slow, scale = readers.SlideReader.thumbnail(r, mpp)
+        monkeypatch.setattr(readers, "FAST_THUMB_PIXELS", 0)
+        calls = []
+        monkeypatch.setattr(readers, "downscaled_level", lambda *a, **k: calls.append(1) or _fast(*a, **k))
+        fast, scale_fast = r.thumbnail(mpp)
+    assert calls and scale_fast == scale and fast.shape == slow.shape
+    assert np.abs(fast.astype(int) - slow).mean() < 1.0
+
+
+def _fast(*args, **kwargs):
+    from milkit.wsi.jpegtiff import downscaled_level
+
+    out = downscaled_level(*args, **kwargs)
+    assert out is not None
+    return out
