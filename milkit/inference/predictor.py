@@ -70,7 +70,7 @@ class SlidePredictor:
                  hub: bool = False, verify_weights: bool = True, reuse: bool = True,
                  features_dirs: Sequence[str | Path] = (), device: str = "auto", precision: str | None = None,
                  batch_size: int = 64, num_workers: int | None = 0) -> None:
-        self.checkpoint = Path(checkpoint)
+        self.checkpoint = Path(checkpoint).expanduser().resolve()
         self.loaded: LoadedModel = load_checkpoint(self.checkpoint)
         meta = self.loaded.feature_meta
         self.settings: SlideSettings = resolve_settings(meta, overrides or {}, str(self.checkpoint))
@@ -131,7 +131,7 @@ class SlidePredictor:
         """Reuse matching features or compute them under ``work_root/<tag>/`` (segment → tile → extract)."""
         t0 = time.perf_counter()
         enc = self.settings.encoder
-        for root in self.reuse_roots:
+        for root in self.reuse_roots if tissue_geojson is None else []:  # a user mask means other patches
             paths = SlidePaths.under(root, slide_id, enc)
             if paths.features.is_file() and self._matches(paths.features, reader):
                 tissue = tissue_geojson or (paths.geojson if paths.geojson.is_file() else None)

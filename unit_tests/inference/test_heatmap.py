@@ -8,7 +8,7 @@ from milkit.data.feature_files import read_feature_file
 from milkit.errors import ConfigError
 from milkit.inference.export import top_bottom
 from milkit.inference.heatmap import paint_boxes, rank_normalise, render_heatmap
-from milkit.wsi.readers import open_slide
+from milkit.wsi.readers import SlideReader, open_slide
 
 
 def test_paint_boxes_covers_exactly_the_pixels_whose_centres_are_inside() -> None:
@@ -63,3 +63,35 @@ def test_render_rejects_bad_options(planted) -> None:
             render_heatmap(reader, np.zeros((1, 2)), 64, np.ones(1), alpha=1.5)
         with pytest.raises(ConfigError, match="not a matplotlib colour map"):
             render_heatmap(reader, np.zeros((1, 2)), 64, np.ones(1), cmap="nope")
+
+
+class _HugeBlankSlide(SlideReader):
+    """A 100k x 100k px slide (4x pyramid) that exists only as a reader; records the largest read."""
+
+    name = "huge"
+
+    def __init__(self) -> None:
+        super().__init__("huge.tiff", mpp=0.25)
+        self.level_dimensions = tuple((100_000 // 4 ** i, 100_000 // 4 ** i) for i in range(5))
+        self.level_downsamples = tuple(float(4 ** i) for i in range(5))
+        self.properties = {}
+        self.largest_read = 0
+
+    def read_region(self, location, level, size):
+        self.largest_read = max(self.largest_read, size[0] * size[1])
+        return np.full((size[1], size[0], 3), 230, np.uint8)
+
+
+def test_rendering_a_100k_slide_stays_small() -> None:
+    import tracemalloc
+
+    reader = _HugeBlankSlide()
+    rng = np.random.default_rng(0)
+    coords = rng.integers(0, 99_488, (20_000, 2))
+    tracemalloc.start()
+    hm = render_heatmap(reader, coords, 512, rng.random(20_000))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert max(hm.image.shape[:2]) == 2048 and hm.scale == pytest.approx((100_000 / 2048,) * 2)
+    assert reader.largest_read <= 4096 * 4096  # chunked reads, never a whole level
+    assert peak < 400e6  # numpy allocations; a level-0 RGB canvas would be 30 GB
