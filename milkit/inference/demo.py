@@ -107,7 +107,8 @@ def evaluate_demo(cfg: DictConfig, summary: dict[str, Any]) -> dict[str, Any]:
         for o in fold_out:
             if o.record["status"] == "ok" and o.record["slide_id"] in evaluated.index:
                 ev = evaluated.loc[o.record["slide_id"], [f"prob_{i}" for i in range(len(class_names))]]
-                diffs.append(float(np.abs(ev.to_numpy(float) - np.array(list(o.record["probabilities"].values()))).max()))
+                got = np.array(list(o.record["probabilities"].values()))
+                diffs.append(float(np.abs(ev.to_numpy(float) - got).max()))
         outcomes += fold_out
     ok = [o for o in outcomes if o.record["status"] == "ok"]
     per_slide = [o.record["localization"]["instance_auc"] for o in ok

@@ -106,7 +106,8 @@ def bag_metrics(outcomes: Sequence[SlideOutcome], class_names: Sequence[str]) ->
         return {}
     y = np.array([index[str(r["label"])] for r in known])
     p = np.array([list(r["probabilities"].values()) for r in known])
-    auc = roc_auc_score(y, p[:, -1]) if p.shape[1] == 2 else roc_auc_score(y, p, multi_class="ovr", labels=range(p.shape[1]))
+    c = p.shape[1]
+    auc = roc_auc_score(y, p[:, -1]) if c == 2 else roc_auc_score(y, p, multi_class="ovr", labels=list(range(c)))
     return {"bag_auc": float(auc), "accuracy": float((p.argmax(1) == y).mean()), "n_labelled": len(known)}
 
 

@@ -93,7 +93,7 @@ def run_slide(predictor: SlidePredictor, entry: SlideEntry, opts: InferOptions, 
         names = predictor.loaded.class_names or [str(i) for i in range(len(pred.probs))]
         meta = {"slide_id": sid, "checkpoint": str(predictor.checkpoint), "class_names": names}
         t1 = time.perf_counter()
-        outputs = _render(reader, pred, geom, prep.tissue, opts, folder, labels, meta) if pred.scores is not None else {}
+        outputs = {} if pred.scores is None else _render(reader, pred, geom, prep.tissue, opts, folder, labels, meta)
         render_s = time.perf_counter() - t1
         slide_info = {"reader": reader.name, "level0_dimensions": list(reader.dimensions), "level0_mpp": reader.mpp,
                       "mpp_source": reader.mpp_result.source, "read_level": geom.read_level,
@@ -107,8 +107,8 @@ def run_slide(predictor: SlidePredictor, entry: SlideEntry, opts: InferOptions, 
         "instance_scores": pred.scores is not None,
         "settings": {**predictor.describe(), **slide_info},
         "features": {"path": str(prep.features), "reused_from": prep.reused_from, "computed": list(prep.computed)},
-        "timings_s": {"preprocessing": open_s + prep.preprocessing_s, "extraction": prep.extraction_s, "model": pred.model_s,
-                      "rendering": render_s, "total": time.perf_counter() - t0},
+        "timings_s": {"preprocessing": open_s + prep.preprocessing_s, "extraction": prep.extraction_s,
+                      "model": pred.model_s, "rendering": render_s, "total": time.perf_counter() - t0},
         "outputs": outputs,
     }
     if labels is not None:

@@ -19,7 +19,8 @@ def test_demo_wsi_hooks_end_to_end(tmp_path) -> None:
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
         cfg = compose(config_name="train", overrides=overrides)
     with open_dict(cfg):
-        cfg.paths.output_dir, cfg.paths.log_dir, cfg.paths.root_dir = str(tmp_path / "run"), str(tmp_path), str(tmp_path)
+        cfg.paths.output_dir = str(tmp_path / "run")
+        cfg.paths.log_dir = cfg.paths.root_dir = str(tmp_path)
     summary = train(cfg)
     assert cfg.data.source.feature_dir == str(root / "preprocessed" / "10x_32px_0px_overlap" / "features_tiny")
     result = json.loads((tmp_path / "run" / "demo_results.json").read_text())
