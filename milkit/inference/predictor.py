@@ -29,6 +29,7 @@ from milkit.preprocess.runner import run_tag
 from milkit.preprocess.stages import SlidePaths, extract_stage, segment_stage, tile_stage
 from milkit.training.checkpoint import LoadedModel, load_checkpoint
 from milkit.training.metrics import probabilities
+from milkit.wsi.geojson import load_geojson
 from milkit.wsi.h5 import read_coords, validate_features
 from milkit.wsi.readers import SlideReader
 
@@ -113,15 +114,22 @@ class SlidePredictor:
         return seg is not None and (seg["name"] == "geojson" or seg == self.segmenter.params())
 
     def _drop_stale(self, paths: SlidePaths, reader: SlideReader) -> None:
-        """Remove this slide's cached outputs when they were made from a different slide with the same id."""
-        if not paths.coords.is_file():
-            return
-        try:
-            attrs = read_coords(paths.coords)[1]
-            same = (int(attrs["level0_width"]), int(attrs["level0_height"])) == tuple(reader.dimensions) and \
-                np.isclose(float(attrs["level0_mpp"]), reader.mpp, rtol=1e-6)
-        except (DataError, KeyError):
-            same = False
+        """Remove this slide's cached outputs in the work folder when they were made from another file with the
+        same slide id (the tissue GeoJSON records the slide's path; coordinates its level-0 size and MPP)."""
+        same = True
+        if paths.geojson.is_file():
+            try:
+                recorded = load_geojson(paths.geojson).get("milkit", {}).get("slide")
+            except (DataError, AttributeError):
+                recorded = None
+            same = recorded is None or recorded == str(reader.path)
+        if same and paths.coords.is_file():
+            try:
+                attrs = read_coords(paths.coords)[1]
+                same = (int(attrs["level0_width"]), int(attrs["level0_height"])) == tuple(reader.dimensions) and \
+                    bool(np.isclose(float(attrs["level0_mpp"]), reader.mpp, rtol=1e-6))
+            except (DataError, KeyError):
+                same = False
         if not same:
             for p in paths.all():
                 p.unlink(missing_ok=True)

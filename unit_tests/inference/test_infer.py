@@ -100,3 +100,18 @@ def test_planted_region_gets_the_highest_scores_and_the_right_place(planted, tmp
     assert np.hypot(cx - planted.centre[0], cy - planted.centre[1]) < 64  # within one patch of the disc centre
     ellipse = np.hypot(((xx + 0.5) * sx - 1024) / 900, ((yy + 0.5) * sy - 768) / 660)  # the tissue outline
     assert (png[ellipse > 1.1] >= 245).all()  # background (JPEG-white) is never coloured  # background is not coloured
+
+
+def test_same_slide_id_from_another_file_is_recomputed(cohort, trained, tmp_path) -> None:
+    a, b = (cohort.root / "slides" / f"{s}.tiff" for s in trained.test_ids[:2])  # same size and MPP
+    for name, src in (("first", a), ("second", b)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "x.tiff").symlink_to(src)
+    cfg = _cfg(tmp_path / "first" / "x.tiff", trained.checkpoint, tmp_path / "out", reuse=False, heatmap=False,
+               montage=False, geojson=False)
+    infer(cfg)
+    infer({**cfg, "slide": str(tmp_path / "second" / "x.tiff")})
+    rec = json.loads((tmp_path / "out" / "slides" / "x" / "prediction.json").read_text())
+    assert rec["features"]["computed"] == ["segment", "tile", "extract"]
+    evaluated = pd.read_csv(trained.run / "fold0" / "test_predictions.csv", dtype={"bag_id": str}).set_index("bag_id")
+    assert rec["probabilities"]["1"] == pytest.approx(evaluated.loc[b.stem, "prob_1"], abs=1e-5)
