@@ -113,3 +113,18 @@ def test_cli_prints_one_line_and_exits_2(trained, tmp_path) -> None:
 
 def test_errors_are_milkit_errors() -> None:
     assert issubclass(ConfigError, MILKitError) and issubclass(DataError, MILKitError)
+
+
+def test_infer_yaml_and_options_agree() -> None:
+    from hydra import compose, initialize_config_dir
+
+    from milkit.cli import CONF_DIR
+    from milkit.inference import InferOptions
+
+    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+        cfg = compose(config_name="infer", overrides=["slide=s", "checkpoint=c", "output=o"])
+    assert InferOptions.from_cfg(cfg) == InferOptions(slide="s", checkpoint="c", output="o")  # same defaults
+    with pytest.raises(ConfigError, match="unknown option\\(s\\) heatmap.opacity"):
+        InferOptions.from_cfg({"slide": "s", "checkpoint": "c", "output": "o", "heatmap": {"opacity": 1}})
+    with pytest.raises(ConfigError, match="checkpoint is required"):
+        InferOptions.from_cfg({"slide": "s", "output": "o"})
