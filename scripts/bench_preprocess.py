@@ -6,7 +6,9 @@
    test — CLAM's ``four_pt`` "any of 4 points" check plus the centre-in-hole check — dispatched through a
    process pool of min(4, cores) like CLAM's ``process_contour``, and in one process).
 2. Extraction on one slide: reader-only, encoder-only and end-to-end tiles/s, and
-   ratio = end-to-end / min(reader-only, encoder-only), for ``tiny`` and ``resnet50_trunc`` on the CPU.
+   ratio = end-to-end / min(reader-only, encoder-only), for ``tiny`` and ``resnet50_trunc`` on the CPU. The CPU
+   milliseconds per tile (this process + DataLoader workers) are printed too: on a shared machine wall-clock
+   ratios swing with the load, while e2e CPU / (reader CPU + encoder CPU) shows the pipeline's own overhead.
 3. On a GPU (only when ``torch.cuda.is_available()``): the same ratio for ViT-L/16 (``uni`` with random
    weights) in bf16, and the card's name.
 
@@ -171,10 +173,12 @@ def _seg_tile_once(args: argparse.Namespace, path: Path, title: str) -> dict:
 
 # ---------------------------------------------------------------- 2./3. extraction ----------------------
 def bench_extract(args: argparse.Namespace, work: Path, encoder_name: str, device: torch.device, precision: str,
-                  max_tiles: int, batch_size: int, weights: str | None = None) -> dict:
-    path = work / f"extract_{args.extract_size[0]}x{args.extract_size[1]}.tiff"
+                  max_tiles: int, batch_size: int, weights: str | None = None,
+                  size: tuple[int, int] | None = None) -> dict:
+    size = size or args.extract_size
+    path = work / f"extract_{size[0]}x{size[1]}.tiff"
     if not path.exists():
-        write_synthetic_slide(path, make_scene(*args.extract_size, n_tissue=4, n_tumour=2, seed=1), mpp=0.25)
+        write_synthetic_slide(path, make_scene(*size, n_tissue=4, n_tumour=2, seed=1), mpp=0.25)
     with open_slide(path) as r:
         geom = plan_geometry(r, 0.5, 256, 0)
         tw, th = r.thumbnail_size(8.0)
@@ -186,11 +190,11 @@ def bench_extract(args: argparse.Namespace, work: Path, encoder_name: str, devic
     n, nw = len(coords), (args.workers if args.workers is not None else default_num_workers())
     enc = create_encoder(encoder_name, weights=weights).to(device).eval()
 
-    t0 = time.perf_counter()  # reader only: the same loader, no encoder
+    cpu0, t0 = _cpu(), time.perf_counter()  # reader only: the same loader, no encoder
     for tiles in tile_loader(TileBatches(path, coords, geom.read_level, geom.read_size, batch_size), nw,
                              pin_memory=device.type == "cuda"):
         tiles.to(device, non_blocking=True)
-    reader = n / (time.perf_counter() - t0)
+    reader, reader_cpu = n / (time.perf_counter() - t0), (_cpu() - cpu0) / n
 
     with open_slide(path) as r:  # encoder only: uint8 tiles already in memory, same device-side work
         batch = torch.from_numpy(np.stack([r.read_region(tuple(c), geom.read_level, (geom.read_size,) * 2)
@@ -199,22 +203,34 @@ def bench_extract(args: argparse.Namespace, work: Path, encoder_name: str, devic
         enc.encode(batch.to(device))  # warm-up
         if device.type == "cuda":
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        cpu0, t0 = _cpu(), time.perf_counter()
         done = 0
         while done < n:
             enc.encode(batch.to(device, non_blocking=True)).float().cpu()
             done += len(batch)
-    encoder = done / (time.perf_counter() - t0)
+    encoder, encoder_cpu = done / (time.perf_counter() - t0), (_cpu() - cpu0) / done
 
     with tempfile.TemporaryDirectory(dir=work) as tmp:
-        t0 = time.perf_counter()
+        cpu0, t0 = _cpu(), time.perf_counter()
         extract_features(path, coords, attrs, enc, Path(tmp) / "f.h5", batch_size=batch_size, num_workers=nw,
                          device=device, precision=precision)
-        e2e = n / (time.perf_counter() - t0)
+        e2e, e2e_cpu = n / (time.perf_counter() - t0), (_cpu() - cpu0) / n
     ratio = e2e / min(reader, encoder)
-    print(f"{encoder_name:<16}{precision:>6}{n:>7}{nw:>8}{reader:>10.1f}{encoder:>10.1f}{e2e:>10.1f}{ratio:>8.2f}")
+    overhead = e2e_cpu / (reader_cpu + encoder_cpu)  # load-independent: extra CPU work of the pipeline
+    print(f"{encoder_name:<16}{precision:>6}{n:>7}{nw:>8}{reader:>10.1f}{encoder:>10.1f}{e2e:>10.1f}{ratio:>8.2f}"
+          f"{1e3 * reader_cpu:>9.1f}{1e3 * encoder_cpu:>9.1f}{1e3 * e2e_cpu:>9.1f}{overhead:>9.2f}")
     return {"encoder": encoder_name, "precision": precision, "tiles": n, "workers": nw, "batch_size": batch_size,
-            "reader_tps": reader, "encoder_tps": encoder, "e2e_tps": e2e, "ratio": ratio, "device": str(device)}
+            "reader_tps": reader, "encoder_tps": encoder, "e2e_tps": e2e, "ratio": ratio, "device": str(device),
+            "cpu_ms_per_tile": {"reader": 1e3 * reader_cpu, "encoder": 1e3 * encoder_cpu, "e2e": 1e3 * e2e_cpu},
+            "cpu_overhead": overhead}
+
+
+def _cpu() -> float:
+    """CPU seconds of this process and of its finished children (DataLoader workers)."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def main() -> None:
@@ -236,7 +252,8 @@ def main() -> None:
     results: dict = {}
     if "segtile" not in args.skip:
         results["seg_tile"] = bench_seg_tile(args, work)
-    head = f"{'encoder':<16}{'prec':>6}{'tiles':>7}{'workers':>8}{'reader/s':>10}{'encoder/s':>10}{'e2e/s':>10}{'ratio':>8}"
+    head = (f"{'encoder':<16}{'prec':>6}{'tiles':>7}{'workers':>8}{'reader/s':>10}{'encoder/s':>10}{'e2e/s':>10}"
+            f"{'ratio':>8}  | cpu ms/tile: {'reader':>7}{'encoder':>9}{'e2e':>9}{'e2e/sum':>9}")
     cpu = torch.device("cpu")
     if "cpu" not in args.skip:
         print("\n== extraction on CPU (ratio = end-to-end / min(reader-only, encoder-only)) ==\n" + head)
@@ -247,7 +264,8 @@ def main() -> None:
         gpu = torch.device("cuda", 0)
         print(f"\n== extraction on {torch.cuda.get_device_name(0)} ==\n" + head)
         results["gpu"] = {"card": torch.cuda.get_device_name(0), "runs": [
-            bench_extract(args, work, "uni", gpu, "bf16", 2048 if args.quick else 20_000, 256, weights="random")]}
+            bench_extract(args, work, "uni", gpu, "bf16", 2048 if args.quick else 20_000, 256, weights="random",
+                          size=args.extract_size if args.quick else (98_304, 73_728))]}
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=float))
 

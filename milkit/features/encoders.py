@@ -67,10 +67,19 @@ class PatchEncoder(nn.Module):
         return self.spec.dim
 
     def preprocess(self, tiles: Tensor) -> Tensor:
-        """uint8 ``(B, H, W, 3)`` → normalised float ``(B, 3, S, S)``, S = ``input_size``."""
-        x = tiles.permute(0, 3, 1, 2).float().div_(255.0)
+        """uint8 ``(B, H, W, 3)`` → normalised float ``(B, 3, S, S)``, S = ``input_size``.
+
+        On the CPU the resize runs on uint8 (PyTorch's vectorised channels-last kernel, ~15× cheaper than
+        float; ≤ 1/255 rounding difference); on GPUs it runs in float32.
+        """
+        x = tiles.permute(0, 3, 1, 2)  # a channels-last view, no copy
         s = self.spec.input_size
-        if x.shape[-2:] != (s, s):
+        resize = x.shape[-2:] != (s, s)
+        if resize and x.device.type == "cpu":
+            x = F.interpolate(x, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
+            resize = False
+        x = x.float().div_(255.0)
+        if resize:
             x = F.interpolate(x, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
         x = (x - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last) if self.spec.channels_last else x

@@ -125,6 +125,8 @@ def tile_stage(reader: SlideReader, seg: Segmenter, tissue: Path, paths: SlidePa
 def extract_stage(reader: SlideReader, encoder: PatchEncoder, paths: SlidePaths, annotations: Path | None,
                   label_min_fraction: float, progress: Any = None, **kw: Any) -> tuple[int, float | None]:
     """Extract unless a current features file exists; returns (N, seconds spent extracting or None)."""
+    if not paths.coords.is_file():
+        raise DataError(f"{paths.coords}: no coordinates file (run the 'tile' stage first)")
     coords, attrs = read_coords(paths.coords)
     if len(coords) == 0:
         return 0, None

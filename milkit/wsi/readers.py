@@ -38,6 +38,7 @@ class SlideReader(ABC):
 
     def __init__(self, path: str | os.PathLike, mpp: float | None = None, force_mpp: bool = False) -> None:
         self.path = Path(path)
+        _check_file(self.path)
         self._mpp_override, self._force_mpp = mpp, force_mpp
         self._mpp_result: MppResult | None = None
 
@@ -149,7 +150,6 @@ class OpenSlideReader(SlideReader):
         super().__init__(path, mpp, force_mpp)
         import openslide
 
-        _check_file(self.path)
         try:
             self._slide = openslide.OpenSlide(str(self.path))
         except (openslide.OpenSlideError, OSError) as exc:
@@ -195,7 +195,6 @@ class ImageReader(SlideReader):
 
     def __init__(self, path: str | os.PathLike, mpp: float | None = None, force_mpp: bool = False) -> None:
         super().__init__(path, mpp, force_mpp)
-        _check_file(self.path)
         self._array: np.ndarray | None = None
         self._resolution: tuple[object, object] | None = None
         self.properties = {}

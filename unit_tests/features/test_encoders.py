@@ -42,6 +42,11 @@ def test_tiny_is_seeded_and_preprocesses_on_device():
     expect = (1 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
     torch.testing.assert_close(white[0, :, 5, 5], expect)
     assert a.preprocess(tiles).shape == (3, 3, 64, 64) and a.weights_id == "random:0"
+    # the CPU resize runs on uint8; it matches a float resize up to rounding
+    ref = torch.nn.functional.interpolate(tiles.permute(0, 3, 1, 2).float() / 255, size=(64, 64), mode="bilinear",
+                                          antialias=True, align_corners=False)
+    ref = (ref - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    assert (a.preprocess(tiles) - ref).abs().max() < 1.01 / 255 / min(IMAGENET_STD)
 
 
 def test_local_weights_offline(tmp_path, monkeypatch):

@@ -166,3 +166,29 @@ def test_interrupted_run_resumes_to_identical_outputs(tmp_path):
             assert _h5_content(resumed / sub / name) == _h5_content(clean / sub / name), name
     for name in ("s0.geojson", "s1.geojson"):
         assert (resumed / "contours_geojson" / name).read_text() == (clean / "contours_geojson" / name).read_text()
+
+
+def test_every_encoder_and_segmenter_config_composes(tmp_path):
+    from milkit.features.encoders import ENCODERS
+    from milkit.preprocess.runner import Settings, _build
+    from milkit.wsi.segment import HSVSegmenter, WholeSlideSegmenter
+
+    names = sorted(p.stem for p in (REPO / "conf" / "encoder").glob("*.yaml"))
+    assert names == ENCODERS.names()
+    for name in names:
+        cfg = _cfg(tmp_path, tmp_path, f"encoder={name}")
+        assert cfg.encoder.name == name and cfg.encoder._target_ == "milkit.features.create_encoder"
+        assert Settings.from_cfg(cfg).target_mpp == 1.0
+    assert _build(_cfg(tmp_path, tmp_path).encoder, None).dim == 64
+    kinds = {"otsu": HSVSegmenter, "fixed": HSVSegmenter, "all": WholeSlideSegmenter}
+    for seg, kind in kinds.items():
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            cfg = compose("preprocess", overrides=["input=a", "output=b", f"segmenter={seg}"])
+        assert isinstance(_build(cfg.segmenter, None), kind) and cfg.segmenter.seg_mpp == 16.0
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("preprocess")
+    assert cfg.encoder.name == "resnet50_trunc" and cfg.min_tissue == 0.25 and cfg.target_mpp == 0.5
+    with pytest.raises(ConfigError, match="input is required"):
+        Settings.from_cfg(cfg)
+    with pytest.raises(ConfigError, match="stages: unknown embed"):
+        Settings.from_cfg({"input": "a", "output": "b", "stages": ["embed"]})
