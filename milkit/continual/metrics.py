@@ -4,8 +4,9 @@ For task s evaluated after training task t (matrix entry ``[t, s]``, NaN for s >
 
 * ``acc``: class-incremental bag accuracy, argmax over the logits of every seen class (no task identity);
 * ``acc_task``: task-aware accuracy, argmax over task s's own head;
-* ``auc``: task-aware bag AUC from the softmax over task s's head (macro one-vs-rest when it has > 2 classes);
-  upstream's one-vs-one AUC over all seen classes is NaN as soon as a class is absent, so it is not used;
+* ``auc``: task-aware bag AUROC from the softmax over task s's head (macro one-vs-rest when it has > 2 classes);
+  both task-aware metrics come from ``milkit.training.metrics``; upstream's one-vs-one AUC over all seen classes
+  is NaN as soon as a class is absent, so it is not used;
 * ``inst_auc``: instance AUC of the instance probabilities over the labelled instances of the task's *positive*
   bags (bags with at least one positive instance). The probabilities are per-bag min–max-normalised attention, so
   every bag, negative ones included, has an instance at 1: they rank instances within a bag, not across bags, and
@@ -26,7 +27,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 from sklearn.metrics import roc_auc_score, roc_curve
+
+from milkit.training.metrics import make_metrics, probabilities
 
 __all__ = ["TaskPredictions", "youden_threshold", "task_metrics", "ContinualMatrix", "METRICS"]
 
@@ -56,19 +60,13 @@ class TaskPredictions:
         return np.concatenate([p for p, _ in bags]), np.concatenate([y for _, y in bags])
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def _auc(y: np.ndarray, scores: np.ndarray) -> float:
-    if len(np.unique(y)) < 2:
-        return math.nan
-    if scores.ndim == 1:
-        return float(roc_auc_score(y, scores))
-    if len(np.unique(y)) < scores.shape[1]:
-        return math.nan
-    return float(roc_auc_score(y, scores, multi_class="ovr", average="macro"))
+def _task_aware(task_logits: np.ndarray, local_y: np.ndarray, num_classes: int) -> tuple[float, float]:
+    """(AUROC, accuracy) of one task's own head, with the training stack's metric definitions."""
+    metrics = make_metrics(num_classes, prefix="")
+    metrics.update(probabilities(torch.as_tensor(task_logits)), torch.as_tensor(local_y, dtype=torch.long))
+    values = metrics.compute()
+    auroc = float(values["auroc"]) if len(np.unique(local_y)) == max(num_classes, 2) else math.nan
+    return auroc, float(values["acc"])
 
 
 def youden_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -88,18 +86,12 @@ def dice_iou(pred: np.ndarray, target: np.ndarray) -> tuple[float, float]:
 
 def task_metrics(pred: TaskPredictions, offset: int, num_classes: int, threshold: float | None) -> dict[str, float]:
     """All metrics of one task (see the module docstring); localisation ones are NaN without instance labels."""
-    local = pred.y - offset
-    task_logits = pred.logits[:, offset:offset + num_classes]
-    probs = _softmax(task_logits)
-    out = {
-        "acc": float(np.mean(pred.logits.argmax(-1) == pred.y)),
-        "acc_task": float(np.mean(task_logits.argmax(-1) == local)),
-        "auc": _auc(local, probs[:, 1] if num_classes == 2 else probs),
-        "inst_auc": math.nan, "dice": math.nan, "iou": math.nan,
-    }
+    auc, acc_task = _task_aware(pred.logits[:, offset:offset + num_classes], pred.y - offset, num_classes)
+    out = {"acc": float(np.mean(pred.logits.argmax(-1) == pred.y)), "acc_task": acc_task, "auc": auc,
+           "inst_auc": math.nan, "dice": math.nan, "iou": math.nan}
     p, y = pred.positive_bag_instances()
-    if len(y):
-        out["inst_auc"] = _auc(y, p)
+    if len(np.unique(y)) == 2:
+        out["inst_auc"] = float(roc_auc_score(y, p))
     if threshold is not None:
         scores = [dice_iou(pb >= threshold, yb == 1) for pb, yb in pred.positive_bags()]
         if scores:

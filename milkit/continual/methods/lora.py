@@ -25,7 +25,7 @@ from torch import Tensor
 
 from milkit.continual.methods.base import ContinualMethod
 from milkit.models.base import MILModel
-from milkit.models.layers.lora import adapted_layers, inject_adapters, rank_for
+from milkit.models.layers.lora import AdaptedLinear, adapted_layers, inject_adapters, rank_for
 from milkit.types import BagBatch
 
 __all__ = ["SequentialLoRA", "CoMEL"]
@@ -54,8 +54,11 @@ class SequentialLoRA(ContinualMethod):
         inject_adapters(model, self.exclude)
         if task > 0:
             for name, layer in adapted_layers(model):
-                layer.add_adapter(rank_for(name, self.rank, self.rank_overrides))
+                self._add_adapter(name, layer)
         super().begin_task(model, task, num_classes)
+
+    def _add_adapter(self, name: str, layer: AdaptedLinear) -> None:
+        layer.add_adapter(rank_for(name, self.rank, self.rank_overrides))
 
     def configure_trainable(self, model: MILModel) -> None:
         if self.task == 0:
@@ -73,15 +76,22 @@ class CoMEL(SequentialLoRA):
         energy: fraction of each weight's squared singular values kept by the SVD truncation after task 1.
         ortho_weight: weight λ of the orthogonality penalty.
         project: project the newest adapters' gradients away from earlier subspaces.
+        protect_base: include the first task's SVD bases in those subspaces (the method's intent). Upstream's
+            basis is random (see ``milkit.models.layers.lora``), which in effect protects later adapters only;
+            ``False`` reproduces that.
         rank, rank_overrides, exclude: as in ``SequentialLoRA``.
         bppl: ``BPPL`` keyword arguments (None disables it).
     """
 
-    def __init__(self, energy: float = 0.99, ortho_weight: float = 1.0, project: bool = True, rank: int = 16,
-                 rank_overrides: Mapping[str, int] | None = None, exclude: Sequence[str] = (),
-                 bppl: dict[str, Any] | None = _DEFAULT_BPPL) -> None:
+    def __init__(self, energy: float = 0.99, ortho_weight: float = 1.0, project: bool = True,
+                 protect_base: bool = True, rank: int = 16, rank_overrides: Mapping[str, int] | None = None,
+                 exclude: Sequence[str] = (), bppl: dict[str, Any] | None = _DEFAULT_BPPL) -> None:
         super().__init__(rank, {"*qkv": 48} if rank_overrides is None else rank_overrides, exclude, bppl)
         self.energy, self.ortho_weight, self.project = float(energy), float(ortho_weight), bool(project)
+        self.protect_base = bool(protect_base)
+
+    def _add_adapter(self, name: str, layer: AdaptedLinear) -> None:
+        layer.add_adapter(rank_for(name, self.rank, self.rank_overrides), protect_basis=self.protect_base)
 
     def end_task(self, model: MILModel, task: int, loader: Iterable[BagBatch], device: torch.device) -> dict[str, Any]:
         if task != 0:
@@ -90,7 +100,7 @@ class CoMEL(SequentialLoRA):
         return {"svd_rank": kept}
 
     def regularizers(self, model: MILModel, batch: BagBatch, out) -> dict[str, Tensor]:
-        if self.task == 0 or self.ortho_weight == 0:
+        if self.task <= 0 or self.ortho_weight == 0:
             return {}
         penalty = sum(layer.orthogonality_penalty() for _, layer in adapted_layers(model))
         return {"ortho": self.ortho_weight * penalty}

@@ -112,13 +112,15 @@ class AdaptedLinear(nn.Module):
         return d
 
     @torch.no_grad()
-    def add_adapter(self, rank: int) -> LoRAAdapter:
-        """Freeze the existing adapters, record the subspaces they span, and append a new trainable adapter."""
+    def add_adapter(self, rank: int, protect_basis: bool = True) -> LoRAAdapter:
+        """Freeze the existing adapters, record the subspaces they span (with the compressed weight's bases when
+        ``protect_basis``), and append a new trainable adapter."""
         for adapter in self.adapters:
             adapter.requires_grad_(False)
         empty_in, empty_out = self.weight.new_zeros(self.in_features, 0), self.weight.new_zeros(self.out_features, 0)
-        q_in = orthonormal_basis([self.basis_in] + [a.down.T for a in self.adapters])
-        q_out = orthonormal_basis([self.basis_out] + [a.up for a in self.adapters])
+        base_in, base_out = (self.basis_in, self.basis_out) if protect_basis else (empty_in, empty_out)
+        q_in = orthonormal_basis([base_in] + [a.down.T for a in self.adapters])
+        q_out = orthonormal_basis([base_out] + [a.up for a in self.adapters])
         self.protect_in = empty_in if q_in is None else q_in
         self.protect_out = empty_out if q_out is None else q_out
         adapter = LoRAAdapter(self.in_features, self.out_features, rank, self.weight.device, self.weight.dtype)
