@@ -19,7 +19,7 @@ import lightning as L
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from milkit.continual.bppl import instance_probabilities
@@ -37,9 +37,10 @@ __all__ = ["run_continual", "predict"]
 log = logging.getLogger(__name__)
 
 
-def _loader(bags: Sequence[Bag], batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
+def _loader(bags: Sequence[Bag], batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0) -> DataLoader:
     gen = torch.Generator().manual_seed(seed) if shuffle else None
-    return DataLoader(list(bags), batch_size=batch_size, shuffle=shuffle, collate_fn=collate_bags, generator=gen)
+    return DataLoader(bags, batch_size=batch_size, shuffle=shuffle, collate_fn=collate_bags, generator=gen,
+                      num_workers=num_workers)
 
 
 def _eval_device(accelerator: str) -> torch.device:
@@ -48,11 +49,12 @@ def _eval_device(accelerator: str) -> torch.device:
 
 
 @torch.no_grad()
-def predict(model: MILModel, bags: Sequence[Bag], batch_size: int, device: torch.device) -> TaskPredictions:
+def predict(model: MILModel, bags: Sequence[Bag], batch_size: int, device: torch.device,
+            num_workers: int = 0) -> TaskPredictions:
     """Bag logits and per-bag instance probabilities/labels of ``bags`` (model in eval mode)."""
     model.to(device).eval()
     logits, ys, probs, inst_y = [], [], [], []
-    for batch in _loader(bags, batch_size, shuffle=False):
+    for batch in _loader(bags, batch_size, shuffle=False, num_workers=num_workers):
         batch = batch.to(device)
         out = model(batch.x, batch.mask, batch.coords)
         logits.append(out.logits.float().cpu())
@@ -68,8 +70,8 @@ def predict(model: MILModel, bags: Sequence[Bag], batch_size: int, device: torch
 def _fit(model: MILModel, method: ContinualMethod, cfg: DictConfig, loader: DataLoader, out_dir: Path) -> None:
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     module = ContinualTaskModule(model, method, instantiate(cfg.optimizer), scheduler)
-    trainer = L.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), logger=False,
-                        enable_checkpointing=False, enable_model_summary=False, default_root_dir=str(out_dir))
+    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False, enable_model_summary=False,
+                          default_root_dir=str(out_dir))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*GPU available but not used.*")
@@ -92,17 +94,17 @@ def run_continual(cfg: DictConfig) -> dict[str, Any]:
                           f"lora or comel)")
     out_dir = Path(cfg.paths.output_dir)
     device = _eval_device(cfg.trainer.get("accelerator", "auto"))
-    batch_size = int(cfg.data.batch_size)
+    batch_size, workers = int(cfg.data.batch_size), int(cfg.data.get("num_workers", 0))
     matrix, thresholds, records = ContinualMatrix([t.name for t in tasks]), [], []
     for t, task in enumerate(tasks):
         method.begin_task(model, t, task.num_classes)
-        train = _loader(task.splits.train, batch_size, shuffle=True, seed=int(cfg.seed) + t)
+        train = _loader(task.splits.train, batch_size, shuffle=True, seed=int(cfg.seed) + t, num_workers=workers)
         _fit(model, method, cfg, train, out_dir)
         records.append(method.end_task(model, t, _loader(task.splits.train, batch_size, False), device))
-        p_val, y_val = predict(model, task.splits.val, batch_size, device).positive_bag_instances()
+        p_val, y_val = predict(model, task.splits.val, batch_size, device, workers).positive_bag_instances()
         thresholds.append(youden_threshold(p_val, y_val) if len(y_val) else None)
         for s in range(t + 1):
-            pred = predict(model, tasks[s].splits.test, batch_size, device)
+            pred = predict(model, tasks[s].splits.test, batch_size, device, workers)
             matrix.record(t, s, task_metrics(pred, tasks[s].offset, tasks[s].num_classes, thresholds[s]))
         print(f"[continual] after task {t + 1}/{len(tasks)} ({task.name}): acc {_format_row(matrix, t, 'acc')} | "
               f"auc {_format_row(matrix, t, 'auc')} | inst_auc {_format_row(matrix, t, 'inst_auc')}", flush=True)

@@ -1,8 +1,10 @@
 """Task sequences: what one continual task is, how a sequence config is built, and a synthetic task generator.
 
 A sequence config (``conf/continual/*.yaml``) lists tasks; each has a ``name``, its ``classes`` (its own head has
-one logit per class) and ``data``: a Hydra-instantiable factory returning a ``TaskSplits`` (train / val / test lists
-of ``milkit.data.bag.Bag`` with task-local labels 0..C-1). Validation and test must be disjoint.
+one logit per class) and ``data``: a Hydra-instantiable factory returning a ``TaskSplits`` (train / val / test
+sequences of ``milkit.data.bag.Bag`` with task-local labels 0..C-1). Validation and test must be disjoint.
+``source_task`` turns any ``milkit.data.sources.BagSource`` (e.g. a feature directory + cohort CSV) into a task,
+with the training stack's patient-level splits, loading bags lazily.
 
 ``synthetic_task`` builds one task of a CPU-sized benchmark with instance labels. All tasks share one feature
 space (directions drawn from ``world_seed``): an instance is ``organ_t + tissue_k + noise`` (background; k one of
@@ -12,6 +14,7 @@ positive bags hold a ``witness`` fraction of concept instances, negative bags no
 """
 from __future__ import annotations
 
+from collections.abc import Sequence as PySequence
 from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
@@ -19,16 +22,69 @@ import torch
 from hydra.utils import instantiate
 
 from milkit.data.bag import Bag
+from milkit.data.sources import BagSource
+from milkit.data.splits import check_splits, make_cv_splits, predefined_split
 from milkit.errors import ConfigError
 
-__all__ = ["TaskSplits", "TaskData", "build_tasks", "synthetic_task"]
+__all__ = ["TaskSplits", "TaskData", "LazyBags", "ShiftedBags", "build_tasks", "source_task", "synthetic_task"]
 
 
 @dataclass
 class TaskSplits:
-    train: list[Bag]
-    val: list[Bag]
-    test: list[Bag]
+    train: Sequence[Bag]
+    val: Sequence[Bag]
+    test: Sequence[Bag]
+
+
+class LazyBags(PySequence):
+    """Bags of a ``BagSource`` loaded on access (``ids`` are known without loading)."""
+
+    def __init__(self, source: BagSource, ids: Sequence[str]) -> None:
+        self.source, self.ids = source, list(ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> Bag:
+        return self.source.load(self.ids[i])
+
+
+class ShiftedBags(PySequence):
+    """A view of ``bags`` with labels shifted by ``offset`` (checked against ``num_classes`` on access)."""
+
+    def __init__(self, bags: Sequence[Bag], offset: int, num_classes: int, where: str) -> None:
+        self.bags, self.offset, self.num_classes, self.where = bags, offset, num_classes, where
+
+    def __len__(self) -> int:
+        return len(self.bags)
+
+    def __getitem__(self, i: int) -> Bag:
+        bag = self.bags[i]
+        if bag.label is None or not 0 <= bag.label < self.num_classes:
+            raise ConfigError(f"{self.where}: bag '{bag.bag_id}' has label {bag.label}, "
+                              f"expected 0..{self.num_classes - 1}")
+        return replace(bag, label=bag.label + self.offset)
+
+
+def _ids(bags: Sequence[Bag]) -> set[str]:
+    return set(bags.ids) if isinstance(bags, LazyBags) else {b.bag_id for b in bags}
+
+
+def source_task(source: BagSource, fold: int = 0, folds: int = 5, seed: int = 0,
+                use_cohort_split: bool = True) -> TaskSplits:
+    """One task from a bag source: the cohort's own ``split`` column when it has one (and ``use_cohort_split``),
+    else fold ``fold`` of the stratified patient-level ``folds``-fold split (validation = the next case group)."""
+    records = source.records
+    if use_cohort_split and "split" in records:
+        table = predefined_split(records)
+    else:
+        table = make_cv_splits(records, folds, seed)
+    table = check_splits(table, f"{getattr(source, 'name', 'source')} splits")
+    rows = table[table["fold"] == fold]
+    if rows.empty:
+        raise ConfigError(f"source_task: fold {fold} does not exist (folds: {sorted(set(table['fold']))})")
+    return TaskSplits(*(LazyBags(source, rows.loc[rows["split"] == s, "bag_id"].tolist())
+                        for s in ("train", "val", "test")))
 
 
 @dataclass
@@ -43,15 +99,6 @@ class TaskData:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
-
-
-def _shift(bags: Sequence[Bag], offset: int, where: str, num_classes: int) -> list[Bag]:
-    out = []
-    for bag in bags:
-        if bag.label is None or not 0 <= bag.label < num_classes:
-            raise ConfigError(f"{where}: bag '{bag.bag_id}' has label {bag.label}, expected 0..{num_classes - 1}")
-        out.append(replace(bag, label=bag.label + offset))
-    return out
 
 
 def build_tasks(tasks_cfg: Sequence[Any]) -> list[TaskData]:
@@ -70,10 +117,10 @@ def build_tasks(tasks_cfg: Sequence[Any]) -> list[TaskData]:
         for split in ("train", "val", "test"):
             if not getattr(splits, split):
                 raise ConfigError(f"continual.tasks[{i}] ({name}): the {split} split is empty")
-        if {b.bag_id for b in splits.val} & {b.bag_id for b in splits.test}:
+        if _ids(splits.val) & _ids(splits.test):
             raise ConfigError(f"continual.tasks[{i}] ({name}): validation and test share bags")
         where = f"continual.tasks[{i}] ({name})"
-        shifted = TaskSplits(*(_shift(getattr(splits, s), offset, f"{where}.{s}", len(classes))
+        shifted = TaskSplits(*(ShiftedBags(getattr(splits, s), offset, len(classes), f"{where}.{s}")
                                for s in ("train", "val", "test")))
         out.append(TaskData(name, classes, offset, shifted))
         offset += len(classes)

@@ -61,3 +61,22 @@ def test_method_configs_build_continual_methods(tmp_path: Path, name: str) -> No
 def test_empty_split_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"continual.tasks\[0\] \(organ_a\): the val split is empty"):
         run_continual(_cfg(tmp_path, "method=finetune", "continual.synthetic.n_val=0"))
+
+
+def test_source_task_uses_patient_level_splits_and_loads_lazily() -> None:
+    from milkit.continual.tasks import LazyBags, build_tasks, source_task
+    from milkit.data.synthetic import SyntheticSource
+
+    source = SyntheticSource(n_bags=30, in_dim=4, min_size=2, max_size=4, bags_per_case=2, seed=0)
+    splits = source_task(source, fold=1, folds=3, seed=0)
+    assert all(isinstance(getattr(splits, s), LazyBags) for s in ("train", "val", "test"))
+    case = dict(zip(source.records["bag_id"], source.records["case_id"]))
+    groups = [{case[i] for i in getattr(splits, s).ids} for s in ("train", "val", "test")]
+    assert not (groups[0] & groups[1] or groups[0] & groups[2] or groups[1] & groups[2])
+    assert sum(len(getattr(splits, s)) for s in ("train", "val", "test")) == 30
+    data = {"_target_": "milkit.continual.tasks.source_task", "folds": 3,
+            "source": {"_target_": "milkit.data.synthetic.SyntheticSource", "n_bags": 30, "in_dim": 4}}
+    cfg = [{"name": "a", "classes": ["neg", "pos"], "data": data}] * 2
+    tasks = build_tasks(cfg)
+    assert [t.offset for t in tasks] == [0, 2]
+    assert {tasks[1].splits.test[i].label for i in range(len(tasks[1].splits.test))} <= {2, 3}
