@@ -1,7 +1,7 @@
 """GDAT: Grouped Double Attention Transformer (CoMEL, Lee et al., ICCV 2025; official code calls it "CDAT").
 
-    x (B, N, D) ─ Linear → ReLU → Dropout ─▶ h (B, N, E) ─ GDAT blocks ×L ─▶ H ─ attention pooling ─▶ z = aᵀH
-                                                                                                  ─ head ─▶ logits
+    x (B, N, D) ─ Linear → ReLU → Dropout ─▶ h (B, N, E) ─ GDAT blocks ×L ─▶ H
+                ─ attention pooling ─▶ z = aᵀH (B, E) ─ head ─▶ logits (B, C)
 
 One GDAT block is pre-LN: ``h ← h + GroupedDoubleAttention(LN h)``, ``h ← h + MLP(LN h)`` (E → rE → E, GELU).
 Grouped double attention, per bag of real length n:
