@@ -1,6 +1,6 @@
 """Synthetic continual benchmark: CoMEL vs fine-tuning, LwF, EWC and plain LoRA over several seeds (CPU, minutes).
 
-    PYTHONPATH=$PWD OMP_NUM_THREADS=1 python benchmarks/continual_synthetic.py \
+    PYTHONPATH=$PWD OMP_NUM_THREADS=1 python scripts/bench_continual.py \
         [--methods comel,finetune,lwf,ewc,lora] [--seeds 0,1,2] [--out benchmarks/results/continual_synthetic] \
         [hydra overrides ...]
 
