@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 
 from milkit.errors import ConfigError
 from milkit.models import create_model
-from milkit.models.layers.mamba import DualMamba, Mamba, causal_depthwise_conv1d
+from milkit.models.layers.causal_conv import causal_depthwise_conv1d
+from milkit.models.layers.mamba import DualMamba, Mamba
 from milkit.models.mambamil import MambaMIL, flip_order, invert_order, sr_order
 
 from unit_tests.models.test_selective_scan import reference
@@ -56,15 +57,18 @@ def test_mamba_initialisation():
     assert torch.equal(block.D, torch.ones(128)) and block.D._no_weight_decay and block.A_log._no_weight_decay
 
 
-def test_causal_conv_equals_conv1d():
-    conv = torch.nn.Conv1d(6, 6, 4, groups=6, padding=3)
-    x = torch.randn(2, 11, 6, requires_grad=True)
-    got = causal_depthwise_conv1d(x, conv.weight, conv.bias)
-    want = conv(x.mT)[..., :11].mT
+@pytest.mark.parametrize("length", [1, 2, 11, 600])
+@pytest.mark.parametrize("silu", [False, True])
+def test_causal_conv_equals_conv1d(length, silu):
+    conv = torch.nn.Conv1d(6, 6, 4, groups=6, padding=3).double()
+    x = torch.randn(2, length, 6, dtype=torch.float64, requires_grad=True)
+    got = causal_depthwise_conv1d(x, conv.weight, conv.bias, silu=silu)
+    want = conv(x.mT)[..., :length].mT
+    want = F.silu(want) if silu else want
     torch.testing.assert_close(got, want)
     g = torch.randn_like(got)
-    for a, b in zip(torch.autograd.grad(got, (x, conv.weight, conv.bias), g),
-                    torch.autograd.grad(want, (x, conv.weight, conv.bias), g)):
+    params = (x, conv.weight, conv.bias)
+    for a, b in zip(torch.autograd.grad(got, params, g), torch.autograd.grad(want, params, g)):
         torch.testing.assert_close(a, b)
 
 

@@ -11,8 +11,8 @@ out_proj.weight``). ``DualMamba`` adds a second scan branch with its own ``*_b``
 MambaMIL's ``SRMamba``/``BiMamba``) that reads the tokens in another order; both branches share ``in_proj``,
 the gate ``z`` and ``out_proj`` and are summed before ``out_proj``.
 
-The depthwise convolution is computed as a sum of ``d_conv`` shifted products: on CPU, oneDNN's grouped
-``conv1d`` backward is ~10× slower than the whole rest of the block (see docs/mambamil.md).
+The depthwise convolution is :func:`~milkit.models.layers.causal_conv.causal_depthwise_conv1d` (shifted
+multiply-adds with a hand-written backward; oneDNN's grouped ``conv1d`` backward is very slow on CPU).
 """
 from __future__ import annotations
 
@@ -22,26 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from milkit.models.layers.causal_conv import causal_depthwise_conv1d
 from milkit.models.layers.selective_scan import selective_scan
 
-__all__ = ["Mamba", "DualMamba", "causal_depthwise_conv1d", "permute_tokens"]
-
-
-def causal_depthwise_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """``y[:, t, c] = bias[c] + Σ_j weight[c, 0, j] · x[:, t - k + 1 + j, c]`` with zeros before ``t = 0``.
-
-    ``x (B, L, C)``, ``weight (C, 1, k)`` (``nn.Conv1d`` depthwise layout) → ``(B, L, C)``. Equal to
-    ``nn.Conv1d(C, C, k, groups=C, padding=k-1)(x.mT)[..., :L].mT``.
-    """
-    k, length = weight.shape[-1], x.shape[1]
-    w = weight[:, 0, :].t()  # (k, C)
-    xp = F.pad(x, (0, 0, k - 1, 0))
-    y = xp[:, k - 1 :] * w[k - 1]
-    if bias is not None:
-        y = y + bias
-    for j in range(k - 1):
-        y = torch.addcmul(y, xp[:, j : j + length], w[j])
-    return y
+__all__ = ["Mamba", "DualMamba", "permute_tokens"]
 
 
 def permute_tokens(x: Tensor, order: Tensor) -> Tensor:
@@ -112,7 +96,7 @@ class Mamba(nn.Module):
     def scan_branch(self, x: Tensor, conv: nn.Conv1d, x_proj: nn.Linear, dt_proj: nn.Linear, A_log: Tensor,
                     D: Tensor) -> Tensor:
         """conv → SiLU → x_proj → selective scan (with the D skip, without the gate): ``(B, L, d_inner)``."""
-        x = F.silu(causal_depthwise_conv1d(x, conv.weight, conv.bias))
+        x = causal_depthwise_conv1d(x, conv.weight, conv.bias, silu=True)
         dt, B, C = x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt, dt_proj.weight)  # the bias enters the scan as delta_bias, as in mamba_inner_fn
         y = selective_scan(x.mT, delta.mT, -torch.exp(A_log.float()), B.mT, C.mT, D.float(),
