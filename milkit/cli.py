@@ -1,0 +1,64 @@
+"""Console entry points (``milkit-train`` ...). Each is a thin Hydra main around one milkit function.
+
+Errors that milkit raises for bad input (``MILKitError``) are printed as one line and exit with status 2.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import hydra
+from omegaconf import DictConfig
+
+from milkit.errors import MILKitError
+
+__all__ = ["CONF_DIR", "hydra_entry", "run_safely", "train_main", "eval_main", "preprocess_main", "aut_main",
+           "infer_main"]
+
+#: the repository's ``conf/`` folder (milkit is installed editable, see README)
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def _milkit_cause(exc: BaseException) -> MILKitError | None:
+    """The ``MILKitError`` behind ``exc`` (Hydra wraps errors raised while instantiating ``_target_``s)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, MILKitError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def run_safely(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+    """Call ``fn(cfg)``; turn a ``MILKitError`` into one line on stderr and exit status 2."""
+    try:
+        return fn(cfg)
+    except Exception as e:
+        cause = _milkit_cause(e)
+        if cause is None:
+            raise
+        print(f"milkit: error: {cause}", file=sys.stderr)
+        sys.exit(2)
+
+
+def hydra_entry(config_name: str, target: str) -> Callable[[], Any]:
+    """A ``@hydra.main`` function running ``target`` (``"module:function"``) on the composed config."""
+
+    @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)
+    def main(cfg: DictConfig) -> Any:
+        module, fn = target.split(":")
+        result = run_safely(getattr(importlib.import_module(module), fn), cfg)
+        return result.get("objective") if isinstance(result, dict) else None
+
+    return functools.wraps(main)(main)
+
+
+train_main = hydra_entry("train", "milkit.training.train:train")
+eval_main = hydra_entry("eval", "milkit.training.evaluate:evaluate")
+preprocess_main = hydra_entry("preprocess", "milkit.preprocess:preprocess")
+aut_main = hydra_entry("aut", "milkit.aut.runner:run_suite")
+infer_main = hydra_entry("infer", "milkit.inference:infer")

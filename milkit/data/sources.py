@@ -1,0 +1,142 @@
+"""Bag sources: a labelled cohort of bags plus a way to load each one.
+
+A source exposes ``records`` (one row per bag: ``bag_id, case_id, label, label_name`` and, when the cohort
+table has one, ``split``), ``class_names``, ``in_dim`` and ``load(bag_id) -> Bag``. Datamodules, splits and
+training only talk to this interface, so feature directories, classic MIL sets and synthetic bags are
+interchangeable (``data.source`` in the config).
+"""
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+import torch
+
+from milkit.data.bag import Bag
+from milkit.data.feature_files import FEATURE_SUFFIXES, feature_file_meta, read_feature_file
+from milkit.errors import DataError
+
+__all__ = ["BagSource", "FeatureDirSource", "resolve_label_map"]
+
+
+def resolve_label_map(labels: Sequence[Any], label_map: Mapping[str, int] | Sequence[str] | None,
+                      where: str) -> tuple[dict[str, int], list[str]]:
+    """Turn a config label map (``{name: index}``, a list of names, or None = sorted unique) into
+    ``(name → index, class_names)``; every label must be in it."""
+    if label_map is None:
+        names = sorted({str(v) for v in labels})
+        mapping = {n: i for i, n in enumerate(names)}
+    elif isinstance(label_map, Mapping):
+        mapping = {str(k): int(v) for k, v in label_map.items()}
+        if sorted(set(mapping.values())) != list(range(len(set(mapping.values())))):
+            raise DataError(f"{where}: label map indices must be 0..C-1, got {sorted(set(mapping.values()))}")
+        names = [None] * len(set(mapping.values()))
+        for k, v in mapping.items():
+            names[v] = names[v] or k
+    else:
+        names = [str(n) for n in label_map]
+        mapping = {n: i for i, n in enumerate(names)}
+    for i, v in enumerate(labels):
+        if str(v) not in mapping:
+            raise DataError(f"{where} row {i + 2}: label '{v}' is not in the label map (known: {', '.join(mapping)})")
+    return mapping, names
+
+
+class BagSource(abc.ABC):
+    """A labelled collection of bags."""
+
+    records: pd.DataFrame
+    class_names: list[str]
+    in_dim: int
+    name: str = "source"
+
+    @abc.abstractmethod
+    def load(self, bag_id: str) -> Bag:
+        """Load one bag (features as float32 ``(N, D)``)."""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def feature_meta(self) -> dict[str, Any]:
+        """How the features were made (encoder, patch size, MPP ...), stored in checkpoints for inference."""
+        return {}
+
+    def describe(self) -> str:
+        counts = self.records["label_name"].value_counts().to_dict()
+        return (f"{self.name}: {len(self.records)} bags, {self.records['case_id'].nunique()} cases, "
+                f"D={self.in_dim}, classes {counts}")
+
+
+class FeatureDirSource(BagSource):
+    """Per-slide feature files in a folder (milkit / TRIDENT / CLAM) plus a cohort CSV.
+
+    Args:
+        feature_dir: folder holding ``<slide_id>.h5`` or ``<slide_id>.pt``.
+        cohort_csv: columns ``slide_id, case_id, label`` (+ optional ``split``); ``case_id`` defaults to
+            ``slide_id`` when absent.
+        label_map: ``{name: index}``, list of names, or None (sorted unique labels).
+        cache: keep loaded bags in RAM after the first read.
+    """
+
+    def __init__(self, feature_dir: str | Path, cohort_csv: str | Path,
+                 label_map: Mapping[str, int] | Sequence[str] | None = None, cache: bool = False,
+                 name: str | None = None) -> None:
+        self.feature_dir, self.cohort_csv = Path(feature_dir), Path(cohort_csv)
+        self.name = name or self.feature_dir.name
+        self.cache = cache
+        self._cache: dict[str, Bag] = {}
+        if not self.cohort_csv.exists():
+            raise DataError(f"{self.cohort_csv}: cohort CSV not found")
+        if not self.feature_dir.is_dir():
+            raise DataError(f"{self.feature_dir}: feature directory not found")
+        df = pd.read_csv(self.cohort_csv, dtype={"slide_id": str, "case_id": str})
+        missing = {"slide_id", "label"} - set(df.columns)
+        if missing:
+            raise DataError(f"{self.cohort_csv}: missing column(s) {sorted(missing)} (need slide_id, case_id, label)")
+        if df["slide_id"].duplicated().any():
+            raise DataError(f"{self.cohort_csv}: slide_id '{df['slide_id'][df['slide_id'].duplicated()].iloc[0]}' appears twice")
+        mapping, self.class_names = resolve_label_map(df["label"].tolist(), label_map, str(self.cohort_csv))
+        case = df["case_id"] if "case_id" in df else df["slide_id"]
+        self.records = pd.DataFrame({"bag_id": df["slide_id"], "case_id": case.astype(str),
+                                     "label": [mapping[str(v)] for v in df["label"]],
+                                     "label_name": [self.class_names[mapping[str(v)]] for v in df["label"]]})
+        if "split" in df:
+            self.records["split"] = df["split"].astype(str).str.lower()
+        self._paths = {b: self._find(b) for b in self.records["bag_id"]}
+        self._meta = {b: feature_file_meta(p) for b, p in self._paths.items()}
+        dims = {m["dim"] for m in self._meta.values()}
+        if len(dims) > 1:
+            by_dim = {m["dim"]: b for b, m in self._meta.items()}
+            raise DataError(f"{self.feature_dir}: feature files disagree on D: {by_dim}")
+        self.in_dim = dims.pop()
+
+    def _find(self, slide_id: str) -> Path:
+        for suffix in FEATURE_SUFFIXES:
+            for sub in ("", "h5_files", "pt_files"):
+                p = self.feature_dir / sub / f"{slide_id}{suffix}"
+                if p.exists():
+                    return p
+        raise DataError(f"{self.cohort_csv}: slide '{slide_id}' has no feature file in {self.feature_dir} "
+                        f"(looked for {slide_id}.h5 / {slide_id}.pt)")
+
+    def path(self, bag_id: str) -> Path:
+        return self._paths[bag_id]
+
+    def load(self, bag_id: str) -> Bag:
+        if bag_id in self._cache:
+            return self._cache[bag_id]
+        ff = read_feature_file(self._paths[bag_id])
+        label = int(self.records.loc[self.records["bag_id"] == bag_id, "label"].iloc[0])
+        bag = Bag(torch.from_numpy(ff.features), label, bag_id,
+                  None if ff.coords is None else torch.from_numpy(ff.coords),
+                  None if ff.instance_labels is None else torch.from_numpy(ff.instance_labels))
+        if self.cache:
+            self._cache[bag_id] = bag
+        return bag
+
+    def feature_meta(self) -> dict[str, Any]:
+        first = next(iter(self._meta.values()))
+        return {"feature_dir": str(self.feature_dir), "dim": self.in_dim, **first["attrs"]}

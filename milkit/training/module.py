@@ -1,0 +1,118 @@
+"""The LightningModule: any registered model, trained by any training method.
+
+Logged metrics: ``train/loss`` (+ each loss term), ``val/loss``, ``val/{auroc,acc,bacc,f1}`` and the same under
+``test/``. The resolved run configuration is stored in every checkpoint under ``checkpoint["milkit"]`` so
+that the model can be rebuilt from the checkpoint alone (``milkit.training.checkpoint.load_checkpoint``).
+"""
+from __future__ import annotations
+
+from itertools import chain
+from typing import Any, Callable
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from milkit.models.base import MILModel
+from milkit.training.methods.base import StepContext, TrainingMethod, task_loss
+from milkit.training.metrics import make_metrics, probabilities
+from milkit.types import BagBatch
+
+__all__ = ["MILLitModule"]
+
+
+class MILLitModule(L.LightningModule):
+    """Args:
+        model: the MIL model (the student, for teacher–student methods).
+        method: the training method (owns any extra modules, e.g. a momentum teacher).
+        optimizer: ``params -> Optimizer`` (a Hydra ``_partial_``).
+        scheduler: ``optimizer -> LRScheduler`` or None; stepped once per epoch.
+        run_info: JSON-able dict saved into checkpoints (resolved config, class names, feature metadata).
+    """
+
+    def __init__(self, model: MILModel, method: TrainingMethod | None = None,
+                 optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+                 scheduler: Callable[..., Any] | None = None, run_info: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.method = method if method is not None else TrainingMethod()
+        self.method.setup(model)
+        self.optimizer_factory = optimizer or (lambda params: torch.optim.Adam(params, lr=2e-4, weight_decay=1e-5))
+        self.scheduler_factory = scheduler
+        self.run_info = dict(run_info or {})
+        c = model.num_classes
+        self.val_metrics = make_metrics(c, "val/")
+        self.test_metrics = make_metrics(c, "test/")
+        self.test_predictions: list[dict[str, Any]] = []
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        # Lightning's generic collection walk deep-copies dataclasses (~2 ms a batch); a BagBatch moves itself.
+        if isinstance(batch, BagBatch):
+            return batch.to(device)
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+    # ---- training -----------------------------------------------------------------------------------
+    def _ctx(self) -> StepContext:
+        trainer = self._trainer
+        max_steps = int(trainer.estimated_stepping_batches) if trainer is not None else 1
+        max_epochs = int(trainer.max_epochs or 1) if trainer is not None else 1
+        return StepContext(self.global_step, self.current_epoch, max(1, max_steps), max_epochs)
+
+    def training_step(self, batch: BagBatch, batch_idx: int) -> Tensor:
+        res = self.method.training_step(self.model, batch, self._ctx())
+        bs = len(batch)
+        self.log("train/loss", res.loss.detach(), on_step=False, on_epoch=True, batch_size=bs)
+        for name, value in res.logs.items():
+            self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=bs)
+        return res.loss
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        self.method.on_optimizer_step(self.model, self._ctx())
+
+    # ---- evaluation ---------------------------------------------------------------------------------
+    def _eval_step(self, batch: BagBatch, stage: str) -> dict[str, Any]:
+        out = self.method.eval_forward(self.model, batch)
+        probs = probabilities(out.logits)
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        metrics.update(probs, batch.y)
+        self.log(f"{stage}/loss", task_loss(out.logits, batch.y), on_step=False, on_epoch=True,
+                 batch_size=len(batch), sync_dist=True)
+        return {"ids": batch.ids, "y": batch.y, "probs": probs, "out": out}
+
+    def validation_step(self, batch: BagBatch, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict(self.val_metrics.compute(), sync_dist=True)
+        self.val_metrics.reset()
+
+    def on_test_epoch_start(self) -> None:
+        self.test_predictions = []
+
+    def test_step(self, batch: BagBatch, batch_idx: int) -> None:
+        res = self._eval_step(batch, "test")
+        for i, bag_id in enumerate(res["ids"]):
+            self.test_predictions.append({"bag_id": bag_id, "label": int(res["y"][i]),
+                                          **{f"prob_{c}": float(p) for c, p in enumerate(res["probs"][i])}})
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self.test_metrics.compute(), sync_dist=True)
+        self.test_metrics.reset()
+
+    def predict_step(self, batch: BagBatch, batch_idx: int) -> dict[str, Any]:
+        out = self.method.eval_forward(self.model, batch)
+        return {"ids": batch.ids, "probs": probabilities(out.logits), "instance_scores": out.instance_scores,
+                "mask": batch.mask}
+
+    # ---- optimisation and checkpoints ---------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        params = [p for p in chain(self.model.parameters(), self.method.parameters()) if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer),
+                                                          "interval": "epoch"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["milkit"] = self.run_info

@@ -1,0 +1,164 @@
+"""``train(cfg)``: cross-validated training of any model with any method on any bag source.
+
+For each (repeat, fold): build the datamodule, model and method from the config, fit with early stopping
+and checkpointing on the validation metric, test the best checkpoint on the fold's test split, and collect
+metrics. Prints a per-fold table with mean ± std and where the outputs went; returns the summary.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pandas as pd
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+import milkit
+from milkit.data.datamodule import MILDataModule
+from milkit.data.sources import BagSource
+from milkit.data.splits import check_splits, load_splits, make_cv_splits, predefined_split, save_splits
+from milkit.errors import ConfigError
+from milkit.training.checkpoint import stats_to_info
+from milkit.training.metrics import METRIC_NAMES
+from milkit.training.module import MILLitModule
+from milkit.utils.io import atomic_path
+
+__all__ = ["train", "resolve_splits", "build_run_components"]
+
+log = logging.getLogger("milkit")
+
+
+def resolve_splits(cfg: DictConfig, source: BagSource, repeat: int) -> pd.DataFrame:
+    """The split table: a saved CSV, the cohort's own ``split`` column, or a fresh seeded K-fold."""
+    if cfg.cv.get("splits_csv"):
+        return load_splits(cfg.cv.splits_csv, source.records)
+    if "split" in source.records and cfg.cv.get("use_cohort_split", True):
+        return check_splits(predefined_split(source.records), "cohort split column")
+    return check_splits(make_cv_splits(source.records, int(cfg.cv.folds), int(cfg.seed) + repeat))
+
+
+def _quiet_lightning() -> None:
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*overridden `transfer_batch_to_device`.*")
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def build_run_components(cfg: DictConfig, source: BagSource, fold_splits: pd.DataFrame, fold_dir: Path,
+                         fold_name: str) -> tuple[MILDataModule, MILLitModule, L.Trainer]:
+    """Everything one fold needs, instantiated from the config (shared by ``train`` and tests)."""
+    dm = MILDataModule(source, fold_splits, batch_size=cfg.data.batch_size,
+                       eval_batch_size=cfg.data.get("eval_batch_size", 1),
+                       max_instances=cfg.data.get("max_instances"), standardize=cfg.data.get("standardize", False),
+                       num_workers=cfg.data.get("num_workers", 0))
+    dm.setup("fit")
+    model = instantiate(cfg.model)
+    if model.in_dim != source.in_dim:
+        raise ConfigError(f"model.in_dim={model.in_dim} but the features of '{source.name}' have D={source.in_dim} "
+                          f"(set data.in_dim={source.in_dim})")
+    if model.num_classes not in (source.num_classes, 1) or (model.num_classes == 1 and source.num_classes != 2):
+        raise ConfigError(f"model.num_classes={model.num_classes} but '{source.name}' has {source.num_classes} classes")
+    run_info = {"cfg": OmegaConf.to_container(cfg, resolve=True), "class_names": source.class_names,
+                "feature_meta": source.feature_meta(), "feature_stats": stats_to_info(dm.stats),
+                "fold": fold_name, "milkit_version": milkit.__version__}
+    module = MILLitModule(model, instantiate(cfg.method), instantiate(cfg.optimizer),
+                          instantiate(cfg.scheduler) if cfg.get("scheduler") else None, run_info)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c]
+    for cb in callbacks:
+        if isinstance(cb, L.pytorch.callbacks.ModelCheckpoint):
+            cb.dirpath = str(fold_dir / "checkpoints")
+    loggers = [instantiate(lg, save_dir=str(fold_dir.parent), name=fold_dir.name, version="")
+               for lg in (cfg.get("logger") or {}).values() if lg is not None and "_target_" in lg]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                     default_root_dir=str(fold_dir))
+    return dm, module, trainer
+
+
+def _fit_fold(cfg: DictConfig, source: BagSource, fold_splits: pd.DataFrame, fold_dir: Path,
+              fold_name: str, seed: int) -> dict[str, Any]:
+    L.seed_everything(seed, workers=True, verbose=False)
+    dm, module, trainer = build_run_components(cfg, source, fold_splits, fold_dir, fold_name)
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=dm)
+    ckpt_cb = trainer.checkpoint_callback
+    best = ckpt_cb.best_model_path if ckpt_cb is not None and ckpt_cb.best_model_path else None
+    row: dict[str, Any] = {"fold": fold_name, "epochs": trainer.current_epoch, "fit_s": time.perf_counter() - t0,
+                           "checkpoint": best}
+    if ckpt_cb is not None and ckpt_cb.best_model_score is not None:
+        row[f"best_{ckpt_cb.monitor}"] = float(ckpt_cb.best_model_score)
+    if cfg.get("test_after_fit", True) and dm.has("test"):
+        metrics = trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)[0]
+        row.update({k: float(v) for k, v in metrics.items() if k.startswith("test/") and k != "test/loss"})
+        if trainer.is_global_zero:
+            preds = pd.DataFrame(module.test_predictions)
+            with atomic_path(fold_dir / "test_predictions.csv") as tmp:
+                preds.to_csv(tmp, index=False)
+    return row
+
+
+def _summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    summary: dict[str, Any] = {"folds": rows}
+    for key in [f"test/{m}" for m in METRIC_NAMES] + [k for k in rows[0] if k.startswith("best_")]:
+        vals = np.array([r[key] for r in rows if key in r], dtype=float)
+        if len(vals):
+            summary[key] = {"mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0}
+    return summary
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """Per-fold rows and a mean ± std row for the test metrics."""
+    cols = [f"test/{m}" for m in METRIC_NAMES]
+    lines = [f"{'fold':<10}" + "".join(f"{c.split('/')[1]:>10}" for c in cols) + f"{'epochs':>8}"]
+    for r in summary["folds"]:
+        lines.append(f"{r['fold']:<10}" + "".join(f"{r.get(c, float('nan')):>10.3f}" for c in cols) + f"{r['epochs']:>8}")
+    ms = [summary.get(c) for c in cols]
+    lines.append(f"{'mean±std':<10}" + "".join(f"{m['mean']:>6.3f}±{m['std']:.2f}" if m else f"{'-':>10}" for m in ms))
+    return "\n".join(lines)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run the configured cross-validation; returns ``{"folds": [...], "test/auroc": {"mean", "std"}, ...}``."""
+    _quiet_lightning()
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    hooks = cfg.get("hooks") or {}
+    if hooks.get("before"):
+        instantiate(hooks.before)(cfg)  # e.g. generate or preprocess the data the source reads
+    source: BagSource = instantiate(cfg.data.source)
+    print(f"[milkit] data  {source.describe()}")
+    print(f"[milkit] model {cfg.model.model_name}  method {cfg.method._target_.rsplit('.', 1)[-1]}  output {out_dir}")
+    rows = []
+    for repeat in range(int(cfg.cv.get("repeats", 1))):
+        splits = resolve_splits(cfg, source, repeat)
+        tag = f"r{repeat}_" if cfg.cv.get("repeats", 1) > 1 else ""
+        save_splits(splits, out_dir / f"{tag}splits.csv")
+        folds = sorted(splits["fold"].unique())
+        wanted = cfg.cv.get("run_folds")
+        for fold in folds if wanted is None else [f for f in folds if f in set(wanted)]:
+            name = f"{tag}fold{fold}"
+            row = _fit_fold(cfg, source, splits[splits["fold"] == fold], out_dir / name, name,
+                            int(cfg.seed) + 1000 * repeat + int(fold))
+            rows.append(row)
+            shown = "  ".join(f"{k.split('/')[1]}={row[k]:.3f}" for k in row if k.startswith("test/"))
+            print(f"[milkit] {name}: {shown}  epochs={row['epochs']}  ({row['fit_s']:.1f}s)")
+    summary = _summarise(rows)
+    summary["wall_s"] = time.perf_counter() - t0
+    monitored = f"best_{cfg.monitor}"
+    if monitored in summary:  # the sweep objective is a validation score, never a test score
+        summary["objective"] = summary[monitored]["mean"]
+    with atomic_path(out_dir / "results.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2))
+    print(format_table(summary))
+    if hooks.get("after"):
+        summary["after"] = instantiate(hooks.after)(cfg, summary)  # e.g. slide inference on held-out slides
+    print(f"[milkit] splits, checkpoints and logs: {out_dir}  (results.json, *splits.csv, fold*/)  "
+          f"total {summary['wall_s']:.0f}s")
+    return summary

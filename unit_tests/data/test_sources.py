@@ -1,0 +1,78 @@
+"""Bag sources: feature directories with a cohort CSV, classic MIL sets, synthetic bags."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from milkit.data.classic import ClassicMILSource
+from milkit.data.sources import FeatureDirSource
+from milkit.data.synthetic import SyntheticSource
+from milkit.errors import DataError
+from unit_tests.data.test_feature_files import write_h5
+
+
+def make_cohort(tmp_path: Path, n: int = 6, d: int = 8, labels=("normal", "tumor")) -> tuple[Path, Path]:
+    fdir = tmp_path / "features"
+    fdir.mkdir()
+    rows = []
+    for i in range(n):
+        write_h5(fdir / f"s{i}.h5", n=5 + i, d=d)
+        rows.append({"slide_id": f"s{i}", "case_id": f"p{i // 2}", "label": labels[(i // 2) % len(labels)]})
+    csv = tmp_path / "cohort.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    return fdir, csv
+
+
+def test_feature_dir_source_loads_bags(tmp_path: Path) -> None:
+    fdir, csv = make_cohort(tmp_path)
+    src = FeatureDirSource(fdir, csv, label_map={"normal": 0, "tumor": 1}, cache=True)
+    assert src.in_dim == 8 and src.num_classes == 2 and src.class_names == ["normal", "tumor"]
+    assert list(src.records["case_id"]) == ["p0", "p0", "p1", "p1", "p2", "p2"]
+    bag = src.load("s3")
+    assert bag.label == 1 and bag.features.shape == (8, 8) and bag.coords.shape == (8, 2)
+    assert src.load("s3") is bag  # cached
+    assert src.feature_meta()["encoder"] == "resnet50_trunc"
+
+
+def test_missing_feature_file(tmp_path: Path) -> None:
+    fdir, csv = make_cohort(tmp_path)
+    (fdir / "s4.h5").unlink()
+    with pytest.raises(DataError, match=r"cohort.csv: slide 's4' has no feature file in .*features"):
+        FeatureDirSource(fdir, csv)
+
+
+def test_label_not_in_label_map(tmp_path: Path) -> None:
+    fdir, csv = make_cohort(tmp_path)
+    with pytest.raises(DataError, match=r"cohort.csv row 4: label 'tumor' is not in the label map \(known: normal, benign\)"):
+        FeatureDirSource(fdir, csv, label_map=["normal", "benign"])
+
+
+def test_inconsistent_dims(tmp_path: Path) -> None:
+    fdir, csv = make_cohort(tmp_path)
+    write_h5(fdir / "s2.h5", d=5)
+    with pytest.raises(DataError, match="feature files disagree on D"):
+        FeatureDirSource(fdir, csv)
+
+
+def test_classic_datasets() -> None:
+    expected = {"musk1": (92, 166, 47), "musk2": (102, 166, 39), "elephant": (200, 230, 100),
+                "ucsb_breast_cancer": (58, 708, 26)}
+    for name, (n_bags, dim, n_pos) in expected.items():
+        src = ClassicMILSource(name)
+        assert (len(src.records), src.in_dim, int(src.records["label"].sum())) == (n_bags, dim, n_pos)
+    assert len(ClassicMILSource("ucsb_breast_cancer").load("ucsb_breast_cancer_1")) > 0
+    with pytest.raises(DataError, match="unknown classic MIL dataset 'fox'"):
+        ClassicMILSource("fox")
+
+
+def test_synthetic_source_has_instance_labels() -> None:
+    src = SyntheticSource(n_bags=12, in_dim=6, num_classes=3, witness_rate=0.25, bags_per_case=2)
+    assert src.records["case_id"].nunique() == 6
+    for bag_id in src.records["bag_id"]:
+        bag = src.load(bag_id)
+        assert set(bag.instance_labels.unique().tolist()) == ({0} if bag.label == 0 else {0, bag.label})
+    pos = src.load(src.records.query("label == 1")["bag_id"].iloc[0])
+    assert torch.equal(pos.instance_labels > 0, pos.instance_labels == 1)

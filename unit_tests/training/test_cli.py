@@ -1,0 +1,58 @@
+"""The command-line entry points: one-line errors with non-zero exit, -m sweeps, DDP on 2 CPU processes."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from milkit.cli import run_safely
+from milkit.training.train import train
+
+ROOT = Path(__file__).resolve().parents[2]
+FAST = ["data=synthetic", "data.source.n_bags=24", "data.source.max_size=16", "model.embed_dims=[16]",
+        "model.attn_dim=8", "trainer.max_epochs=2", "trainer.min_epochs=1", "cv.folds=3", "cv.run_folds=[0]"]
+
+
+def run(args: list[str], tmp_path: Path, timeout: int = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), *args, f"paths.log_dir={tmp_path}"],
+                          capture_output=True, text=True, env=env, timeout=timeout, cwd=tmp_path)
+
+
+def test_bad_input_is_one_line_and_nonzero(tmp_path: Path) -> None:
+    res = run(["data=features", f"data.source.feature_dir={tmp_path}", "data.source.cohort_csv=missing.csv"], tmp_path)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1] == "milkit: error: missing.csv: cohort CSV not found"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.model_name=abmill", "unknown model 'abmill'"),
+    ("data.in_dim=30", "model.in_dim=30 but the features of 'synthetic' have D=32"),
+])
+def test_errors_inside_instantiation_are_one_line(make_cfg, capsys, override: str, message: str) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        run_safely(train, make_cfg(override))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("milkit: error: ") and message in err and "\n" not in err
+
+
+def test_multirun_sweep(tmp_path: Path) -> None:
+    res = run(["-m", *FAST, "seed=0,1"], tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    results = sorted(tmp_path.glob("train/multiruns/*/*/results.json"))
+    assert len(results) == 2 and all("test/auroc" in json.loads(p.read_text()) for p in results)
+
+
+@pytest.mark.timeout(300)
+def test_ddp_with_two_cpu_processes(tmp_path: Path) -> None:
+    res = run([*FAST, "trainer=ddp_cpu", "data.source.n_bags=36"], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (result,) = tmp_path.glob("train/runs/*/results.json")
+    row = json.loads(result.read_text())["folds"][0]
+    assert {"test/auroc", "test/acc", "test/bacc", "test/f1"} <= set(row)
+    assert (result.parent / "fold0" / "checkpoints" / "best.ckpt").exists()
