@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
+from hydra.utils import instantiate
 
 from milkit.errors import ConfigError
 from milkit.models import create_model
@@ -16,8 +14,7 @@ from milkit.models.layers.mamba import DualMamba, Mamba
 from milkit.models.mambamil import MambaMIL, flip_order, invert_order, sr_order
 
 from unit_tests.models.test_selective_scan import reference
-
-CONF = Path(__file__).resolve().parents[2] / "conf"
+from unit_tests.training.conftest import compose_cfg
 
 # mamba_ssm.Mamba(d_model=512) (d_state 16, d_conv 4, expand 2 → d_inner 1024, dt_rank 32): state-dict keys
 # and shapes, as mamba_ssm 1.x/2.x (modules/mamba_simple.py) registers them.
@@ -178,21 +175,20 @@ def test_bad_configuration_is_a_clear_error():
 
 
 @pytest.mark.parametrize("name", ["mambamil", "mambamil_bi", "mambamil_plain"])
-def test_model_configs_build_the_registered_model(name):
-    from hydra.utils import instantiate
-
-    cfg = OmegaConf.merge({"data": {"in_dim": 1024, "num_classes": 2}}, {"model": OmegaConf.load(CONF / f"model/{name}.yaml")})
+def test_model_configs_build_the_official_model(name, tmp_path):
+    cfg = compose_cfg([f"model={name}", "data.in_dim=1024", "data.num_classes=2"], tmp_path)
     model = instantiate(cfg.model)
     assert sum(p.numel() for p in model.parameters()) == (3_984_131 if name == "mambamil_plain" else 4_227_843)
 
 
-def test_paper_experiment_overlay():
-    cfg = OmegaConf.load(CONF / "experiment/mambamil_paper.yaml")
-    assert {"override /model": "mambamil"} in cfg.defaults
-    assert cfg.model.rate == 5 and cfg.model.dropout == 0.0
+def test_paper_experiment_overlay(tmp_path):
+    cfg = compose_cfg(["experiment=mambamil_paper", "data.in_dim=1024", "data.num_classes=2"], tmp_path)
+    assert cfg.model.model_name == "mambamil" and cfg.model.rate == 5 and cfg.model.dropout == 0.0
     assert cfg.optimizer._target_ == "torch.optim.Adam" and cfg.optimizer.lr == 2e-4 and cfg.optimizer.weight_decay == 1e-5
     assert cfg.scheduler is None and cfg.trainer.max_epochs == 200 and cfg.trainer.min_epochs == 50
-    assert cfg.callbacks.early_stopping.patience == 20 and cfg.callbacks.early_stopping.mode == "min"
+    assert cfg.monitor == "val/loss" and cfg.monitor_mode == "min" and cfg.early_stopping.patience == 20
+    assert cfg.seed == 1 and cfg.cv.folds == 10 and cfg.data.batch_size == 1
+    assert sum(p.numel() for p in instantiate(cfg.model).parameters()) == 4_227_843
 
 
 def synthetic_bags(n_bags: int, seed: int, d: int = 4):
