@@ -119,6 +119,19 @@ def test_optional_arguments_default_to_none():
     torch.testing.assert_close(selective_scan(**core), selective_scan_loop(**core))
 
 
+def test_autocast_does_not_lower_the_scan_precision():
+    inputs = make_inputs(1, 8, 4, 64)
+    want = selective_scan(**inputs, delta_softplus=True)
+    want_grads = grads(want, inputs)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # backward inside too: autocast is thread-local
+        got = selective_scan(**inputs, delta_softplus=True)
+        got_grads = grads(got, inputs)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    for a, b in zip(got_grads, want_grads):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
 def test_bad_arguments_are_clear_errors():
     inputs = make_inputs(1, 4, 3, 10)
     with pytest.raises(ConfigError, match="impl must be one of"):

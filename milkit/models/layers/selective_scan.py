@@ -77,9 +77,10 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
         return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     cdt = torch.float64 if u.dtype == torch.float64 else torch.float32
     cast = lambda t: None if t is None else t.to(cdt)  # noqa: E731
-    y = _SelectiveScan.apply(*(cast(t) for t in (u, delta, A, B, C, D, delta_bias)), delta_softplus)
-    if z is not None:
-        y = y * F.silu(z.to(cdt))
+    with torch.autocast(u.device.type, enabled=False):  # the contractions must not run in bf16/fp16
+        y = _SelectiveScan.apply(*(cast(t) for t in (u, delta, A, B, C, D, delta_bias)), delta_softplus)
+        if z is not None:
+            y = y * F.silu(z.to(cdt))
     return y.to(u.dtype)
 
 
@@ -243,6 +244,11 @@ class _SelectiveScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, gy: Tensor) -> tuple[Tensor | None, ...]:
+        with torch.autocast(gy.device.type, enabled=False):
+            return _SelectiveScan._backward(ctx, gy.to(ctx.saved_tensors[0].dtype))
+
+    @staticmethod
+    def _backward(ctx: Any, gy: Tensor) -> tuple[Tensor | None, ...]:
         u, delta, A, B, C, D, delta_bias, entries = ctx.saved_tensors
         block, segments = ctx.plan
         bsz, d, length = u.shape
