@@ -35,7 +35,7 @@ from milkit.models.layers import AttentionPool, InstanceMLP
 from milkit.models.layers.mamba import DualMamba, Mamba
 from milkit.types import BagFeatures
 
-__all__ = ["MambaMIL", "sr_order", "flip_order", "invert_order"]
+__all__ = ["MambaMIL", "sr_order", "flip_order", "invert_order", "convert_upstream_state_dict"]
 
 _MIXERS = ("sr", "bi", "mamba")
 
@@ -66,6 +66,21 @@ def flip_order(lengths: Tensor, n: int) -> Tensor:
 def invert_order(order: Tensor) -> Tensor:
     """The inverse permutation of every row of ``order (B, n)``."""
     return torch.argsort(order, dim=1)
+
+
+# official MambaMIL module names → milkit's (the mixers and LayerNorms keep their names)
+_UPSTREAM_PREFIXES = {"_fc1.0.": "embed.0.", "attention.0.": "pool.scorer.V.0.", "attention.2.": "pool.scorer.w.",
+                      "classifier.": "head."}
+
+
+def convert_upstream_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Rename the keys of an official MambaMIL checkpoint (isyangshu/MambaMIL ``models/MambaMIL.py``) to
+    this implementation's, e.g. ``model.load_state_dict(convert_upstream_state_dict(torch.load(path)))``."""
+    out = {}
+    for key, value in state.items():
+        old = next((p for p in _UPSTREAM_PREFIXES if key.startswith(p)), None)
+        out[_UPSTREAM_PREFIXES[old] + key[len(old):] if old else key] = value
+    return out
 
 
 class MambaMIL(MILModel):

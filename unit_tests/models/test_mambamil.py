@@ -11,7 +11,7 @@ from milkit.errors import ConfigError
 from milkit.models import create_model
 from milkit.models.layers.causal_conv import causal_depthwise_conv1d
 from milkit.models.layers.mamba import DualMamba, Mamba
-from milkit.models.mambamil import MambaMIL, flip_order, invert_order, sr_order
+from milkit.models.mambamil import MambaMIL, convert_upstream_state_dict, flip_order, invert_order, sr_order
 
 from unit_tests.models.test_selective_scan import reference
 from unit_tests.training.conftest import compose_cfg
@@ -150,6 +150,27 @@ def test_parameter_count_equals_official_model(name, branches, official):
     model = create_model(name, in_dim=1024, num_classes=2)
     assert expected_parameters(1024, 2, branches) == official
     assert sum(p.numel() for p in model.parameters()) == official
+
+
+def upstream_keys(in_dim: int, num_classes: int) -> dict[str, tuple[int, ...]]:
+    """Keys and shapes of the official model (models/MambaMIL.py: _fc1, layers[i] = [LayerNorm, SRMamba],
+    norm, attention = [Linear, Tanh, Linear], classifier), for 512-d layers."""
+    keys = {"_fc1.0.weight": (512, in_dim), "_fc1.0.bias": (512,), "norm.weight": (512,), "norm.bias": (512,),
+            "classifier.weight": (num_classes, 512), "classifier.bias": (num_classes,),
+            "attention.0.weight": (128, 512), "attention.0.bias": (128,), "attention.2.weight": (1, 128),
+            "attention.2.bias": (1,)}
+    for i in range(2):
+        keys |= {f"layers.{i}.0.weight": (512,), f"layers.{i}.0.bias": (512,)}
+        keys |= {f"layers.{i}.1.{k}": s for k, s in {**MAMBA_SSM_512, **SECOND_BRANCH}.items()}
+    return keys
+
+
+def test_official_checkpoint_loads_after_renaming():
+    official = {k: torch.randn(s) for k, s in upstream_keys(1024, 2).items()}
+    model = create_model("mambamil", in_dim=1024, num_classes=2)
+    model.load_state_dict(convert_upstream_state_dict(official), strict=True)
+    torch.testing.assert_close(model.pool.scorer.w.weight, official["attention.2.weight"])
+    torch.testing.assert_close(model.layers[1][1].A_b_log, official["layers.1.1.A_b_log"])
 
 
 def test_init_modes():
