@@ -12,7 +12,6 @@ and torchmil's). CPU rows run each in a fresh process (peak RSS); CUDA rows run 
 from __future__ import annotations
 
 import argparse
-import csv
 import functools
 
 import torch
@@ -20,8 +19,7 @@ from torch import nn
 
 from milkit.models import create_model, list_models
 from milkit.models.layers.selective_scan import mamba_ssm_available, selective_scan, selective_scan_loop
-from milkit.utils.benchmark import measure_isolated, measure_step
-from milkit.utils.io import atomic_path
+from milkit.utils.benchmark import bench_parser, measure_isolated, measure_step, write_csv
 
 
 def index_loop_scan(u, delta, A, B, C, D, delta_bias):
@@ -81,17 +79,11 @@ def cases(n: int, args: argparse.Namespace) -> list[str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 50000])
-    ap.add_argument("--in-dim", type=int, default=1024)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    ap.add_argument("--threads", type=int, default=None, help="CPU threads per run (default: torch's)")
+    ap = bench_parser(__doc__.splitlines()[0])
     ap.add_argument("--loop-max", type=int, default=10000, help="largest N for the unbind loop")
     ap.add_argument("--index-max", type=int, default=1000, help="largest N for the per-step-indexing loop")
     ap.add_argument("--warmup", type=int, default=None, help="default 1 on CPU, 2 on CUDA")
     ap.add_argument("--repeats", type=int, default=None, help="default 1 on CPU, 3 on CUDA")
-    ap.add_argument("--out", default=None, help="write the rows as CSV here")
     args = ap.parse_args()
     cuda = args.device.startswith("cuda")
     kw = dict(in_dim=args.in_dim, device=args.device, dtype=args.dtype,
@@ -115,10 +107,7 @@ def main() -> None:
             ratio = r["seconds"] / ref[kind]
             print(f"| {case} | {n} | {r['seconds']:.3f} | {r['peak_gib']:.3f} | {ratio:.2f}x |", flush=True)
     if args.out:
-        with atomic_path(args.out) as tmp, open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=sorted({k for r in rows for k in r}))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(rows, args.out)
         print(f"wrote {args.out}")
 
 

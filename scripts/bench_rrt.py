@@ -7,13 +7,10 @@ TransMIL comes from milkit's registry when registered, else torchmil's TransMIL 
 """
 from __future__ import annotations
 
-import argparse
-import csv
 import functools
 
 from milkit.models import create_model, list_models
-from milkit.utils.benchmark import measure_isolated
-from milkit.utils.io import atomic_path
+from milkit.utils.benchmark import bench_parser, measure_isolated, write_csv
 
 
 def build(name: str, in_dim: int):
@@ -24,15 +21,9 @@ def build(name: str, in_dim: int):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 50000])
-    ap.add_argument("--in-dim", type=int, default=1024)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    ap.add_argument("--threads", type=int, default=None, help="CPU threads per run (default: torch's)")
+    ap = bench_parser(__doc__.splitlines()[0])
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--out", default=None, help="write the rows as CSV here")
     args = ap.parse_args()
     transmil = "transmil" if "transmil" in list_models() else "transmil (torchmil)"
     rows = []
@@ -46,10 +37,7 @@ def main() -> None:
             cells = [r["error"], "", ""] if "error" in r else [f"{r['seconds']:.3f}", f"{r['peak_gib']:.3f}", r["params"]]
             print(f"| {name} | {n} | " + " | ".join(map(str, cells)) + " |", flush=True)
     if args.out:
-        with atomic_path(args.out) as tmp, open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=sorted({k for r in rows for k in r}))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(rows, args.out)
         print(f"wrote {args.out}")
 
 

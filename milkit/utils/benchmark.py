@@ -6,7 +6,9 @@ polluted by earlier models: on CPU the peak is the process's peak RSS above its 
 """
 from __future__ import annotations
 
+import argparse
 import concurrent.futures as cf
+import csv
 import multiprocessing as mp
 import resource
 import statistics
@@ -16,7 +18,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-__all__ = ["measure_step", "measure_isolated"]
+from milkit.utils.io import atomic_path
+
+__all__ = ["bench_parser", "measure_step", "measure_isolated", "write_csv"]
 
 
 def _rss_bytes() -> int:
@@ -80,3 +84,23 @@ def measure_isolated(build: Callable[[], nn.Module], n: int, threads: int | None
             return pool.submit(_run, build, n, kwargs, threads).result()
         except (RuntimeError, cf.process.BrokenProcessPool, MemoryError) as err:
             return {"n": n, "error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
+
+
+def bench_parser(description: str) -> argparse.ArgumentParser:
+    """The options every ``scripts/bench_*.py`` shares: sizes, feature dim, device, dtype, threads, CSV out."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 50000])
+    ap.add_argument("--in-dim", type=int, default=1024)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads per run (default: torch's)")
+    ap.add_argument("--out", default=None, help="write the rows as CSV here")
+    return ap
+
+
+def write_csv(rows: list[dict[str, Any]], path: str) -> None:
+    """Write benchmark rows (dicts, union of keys as columns) to a CSV file, atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=sorted({k for r in rows for k in r}))
+        writer.writeheader()
+        writer.writerows(rows)
