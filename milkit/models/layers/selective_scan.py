@@ -33,8 +33,8 @@ __all__ = ["selective_scan", "selective_scan_loop", "mamba_ssm_available"]
 _IMPLS = ("auto", "ref", "cuda")
 _LOG2E = 1.4426950408889634
 _LN2 = 0.6931471805599453
-# Elements per block buffer ((S, B, D, N) floats) and per scan step, tuned on CPU (L2/L3-sized blocks;
-# one step of D·N = 16k elements is already large enough) and for GPUs (few, wide steps).
+# Elements per block buffer ((S, B, N, D) floats) and per scan step, tuned on CPU (cache-sized blocks: 32 steps
+# of Mamba's D·N = 16k; one such step is already large enough) and for GPUs (few, wide steps).
 _BLOCK_ELEMS = {"cpu": 1 << 19, "cuda": 1 << 27}
 _STEP_ELEMS = {"cpu": 1 << 13, "cuda": 1 << 21}
 
@@ -222,7 +222,7 @@ class _SelectiveScan(torch.autograd.Function):
         ut, rt, bt, ct = u.permute(2, 0, 1), delta.permute(2, 0, 1), B.permute(2, 0, 1), C.permute(2, 0, 1)
         at2 = A.t().contiguous() * _LOG2E  # (N, D)
         y = u.new_empty(length, bsz, d)
-        entries = u.new_empty(-(-length // block), bsz, n, d)
+        entries = u.new_empty(max(1, -(-length // block)), bsz, n, d)
         abuf = u.new_empty(block, bsz, n, d)
         hbuf = torch.empty_like(abuf)
         rows_a, rows_h = abuf.unbind(0), hbuf.unbind(0)
