@@ -82,12 +82,12 @@ def main() -> None:
     ap = bench_parser(__doc__.splitlines()[0])
     ap.add_argument("--loop-max", type=int, default=10000, help="largest N for the unbind loop")
     ap.add_argument("--index-max", type=int, default=1000, help="largest N for the per-step-indexing loop")
-    ap.add_argument("--warmup", type=int, default=None, help="default 1 on CPU, 2 on CUDA")
+    ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=None, help="default 1 on CPU, 3 on CUDA")
     args = ap.parse_args()
     cuda = args.device.startswith("cuda")
     kw = dict(in_dim=args.in_dim, device=args.device, dtype=args.dtype,
-              warmup=args.warmup if args.warmup is not None else 1 + cuda,
+              warmup=args.warmup,
               repeats=args.repeats if args.repeats is not None else 1 + 2 * cuda)
     if cuda:
         print(f"device: {torch.cuda.get_device_name()}")
