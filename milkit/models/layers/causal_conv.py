@@ -40,14 +40,15 @@ class _CausalConv(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, silu: bool) -> Tensor:
         w = weight[:, 0, :].t().contiguous()  # (k, C)
         y = _conv(x, w, bias)
-        ctx.save_for_backward(x, w, y if silu else None)
-        ctx.has_bias, ctx.silu = bias is not None, silu
+        ctx.save_for_backward(x, w, bias)
+        ctx.silu = silu
         return F.silu(y) if silu else y
 
     @staticmethod
     def backward(ctx: Any, gout: Tensor) -> tuple[Tensor | None, ...]:
-        x, w, y = ctx.saved_tensors
-        gy = torch.ops.aten.silu_backward(gout, y) if ctx.silu else gout.contiguous()
+        x, w, bias = ctx.saved_tensors
+        # the pre-activation is recomputed (k multiply-adds) rather than kept: one (B, L, C) tensor less
+        gy = torch.ops.aten.silu_backward(gout, _conv(x, w, bias)) if ctx.silu else gout.contiguous()
         k, length = w.shape[0], x.shape[1]
         gx = gy * w[k - 1]
         for s in range(1, min(k, length)):
@@ -59,5 +60,5 @@ class _CausalConv(torch.autograd.Function):
             for s in range(min(k, t1)):
                 lo = max(t0, s)
                 gw[k - 1 - s] += (gy[:, lo:t1] * x[:, lo - s : t1 - s]).sum((0, 1))
-        gbias = gy.sum((0, 1)) if ctx.has_bias else None
+        gbias = None if bias is None else gy.sum((0, 1))
         return gx, gw.t().unsqueeze(1), gbias, None
