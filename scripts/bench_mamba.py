@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
 
 import torch
 from torch import nn
@@ -75,7 +76,7 @@ def cases(n: int, args: argparse.Namespace) -> list[str]:
     out += (["scan:loop"] if n <= args.loop_max else []) + (["scan:index"] if n <= args.index_max else [])
     out += ["model:mambamil", "model:mambamil_plain"] + (["model:mambamil (mamba-ssm)"] if kernels else [])
     out += ["model:transmil"] if "transmil" in list_models() else []
-    return out + ["model:transmil (torchmil)"]
+    return out + (["model:transmil (torchmil)"] if importlib.util.find_spec("torchmil") else [])
 
 
 def main() -> None:
