@@ -79,6 +79,15 @@ def cases(n: int, args: argparse.Namespace) -> list[str]:
     return out + (["model:transmil (torchmil)"] if importlib.util.find_spec("torchmil") else [])
 
 
+def _in_process(make, n: int, kw: dict) -> dict:
+    """``measure_step`` here (CUDA: no process start per row); a failure (OOM) becomes an error row."""
+    try:
+        return measure_step(make, n, **kw)
+    except RuntimeError as err:  # torch.cuda.OutOfMemoryError is a RuntimeError
+        torch.cuda.empty_cache()
+        return {"n": n, "error": f"{type(err).__name__}: {str(err).splitlines()[0]}"}
+
+
 def main() -> None:
     ap = bench_parser(__doc__.splitlines()[0])
     ap.add_argument("--loop-max", type=int, default=10000, help="largest N for the unbind loop")
@@ -99,7 +108,7 @@ def main() -> None:
         for case in cases(n, args):
             make = functools.partial(build, case, args.in_dim)
             ckw = {**kw, "warmup": 0} if case == "scan:index" else kw  # minutes per run on CPU; no warm-up
-            r = measure_step(make, n, **ckw) if cuda else measure_isolated(make, n, threads=args.threads, **ckw)
+            r = _in_process(make, n, ckw) if cuda else measure_isolated(make, n, threads=args.threads, **ckw)
             rows.append({"case": case, **r})
             if "error" in r:
                 print(f"| {case} | {n} | {r['error']} | | |", flush=True)
