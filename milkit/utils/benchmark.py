@@ -61,8 +61,9 @@ def measure_step(build: Callable[[], nn.Module], n: int, in_dim: int, device: st
             torch.cuda.synchronize()
         if i >= warmup:
             times.append(time.perf_counter() - t0)
+    # ru_maxrss is updated lazily and can trail the VmRSS read before the step by a few pages
     peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"n": n, "seconds": statistics.median(times), "peak_gib": (peak - base) / 2**30,
+    return {"n": n, "seconds": statistics.median(times), "peak_gib": max(0, peak - base) / 2**30,
             "params": sum(p.numel() for p in model.parameters()), "device": device, "dtype": dtype,
             "threads": torch.get_num_threads()}
 
