@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from milkit.errors import MILKitError
 
 __all__ = ["CONF_DIR", "hydra_entry", "run_safely", "train_main", "eval_main", "preprocess_main", "aut_main",
-           "infer_main"]
+           "infer_main", "continual_main"]
 
 #: the repository's ``conf/`` folder (milkit is installed editable, see README)
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -62,3 +62,4 @@ eval_main = hydra_entry("eval", "milkit.training.evaluate:evaluate")
 preprocess_main = hydra_entry("preprocess", "milkit.preprocess:preprocess")
 aut_main = hydra_entry("aut", "milkit.aut.runner:run_suite")
 infer_main = hydra_entry("infer", "milkit.inference:infer")
+continual_main = hydra_entry("continual", "milkit.continual:run_continual")

@@ -58,13 +58,22 @@ class MILLitModule(L.LightningModule):
         max_epochs = int(trainer.max_epochs or 1) if trainer is not None else 1
         return StepContext(self.global_step, self.current_epoch, max(1, max_steps), max_epochs)
 
+    def on_train_epoch_start(self) -> None:
+        self._train_sums: dict[str, Tensor] = {}
+        self._train_bags = 0
+
     def training_step(self, batch: BagBatch, batch_idx: int) -> Tensor:
         res = self.method.training_step(self.model, batch, self._ctx())
         bs = len(batch)
-        self.log("train/loss", res.loss.detach(), on_step=False, on_epoch=True, batch_size=bs)
-        for name, value in res.logs.items():
-            self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=bs)
+        # Summed here and logged once per epoch: a self.log call per step costs ~2.5 ms, as much as a small step.
+        for name, value in {"loss": res.loss.detach(), **res.logs}.items():
+            self._train_sums[name] = self._train_sums.get(name, 0.0) + value.detach().float() * bs
+        self._train_bags += bs
         return res.loss
+
+    def on_train_epoch_end(self) -> None:
+        if self._train_bags:
+            self.log_dict({f"train/{k}": v / self._train_bags for k, v in self._train_sums.items()}, sync_dist=True)
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
