@@ -1,10 +1,10 @@
 """Measurements for MHIM-MIL: training cost against plain supervised training, and test AUC over seeds.
 
-``speed``: one training epoch over WSI-sized random bags (``D = 1024``) per (model, method), each in a fresh
-subprocess, all in the same run: wall time of the epoch (after one warm-up epoch) and peak memory of the
-training steps (CUDA: ``max_memory_allocated`` above the resident tensors over the timed epoch; CPU: peak-RSS
-increase over the warm-up epoch, with the kernel's high-water mark reset before it). Models and methods are
-built from the experiment overlays (``mhim_<model>_baseline`` for supervised, ``mhim_<model>`` for MHIM v1,
+``speed``: time and peak memory of one training step on one bag of ``N`` instances (``D = 1024``) per
+(model, method, N), measured by the shared core ``milkit.utils.benchmark.measure`` (a fresh process per row
+on CPU). A step is the method's ``training_step`` (teacher forward, masks, student forward, losses) plus
+``backward`` and the teacher's EMA update; an epoch costs the sum of its bags' steps. Models and methods come
+from the experiment overlays (``mhim_<model>_baseline`` for supervised, ``mhim_<model>`` for MHIM v1,
 ``method=mhim_v2`` for v2; TransMIL's v2 uses ``score=attention``).
 
 ``auc``: per seed, the two-stage run (baseline, then MHIM v1 and v2 with each fold's baseline as the teacher)
@@ -13,12 +13,10 @@ through ``train(cfg)`` on a milkit dataset; test AUC mean over folds, then mean 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import os
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +24,14 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
+from torch import Tensor, nn
 
 from milkit.cli import CONF_DIR
-from milkit.training.methods.base import StepContext
+from milkit.training.methods.base import StepContext, TrainingMethod
 from milkit.types import BagBatch
+from milkit.utils.benchmark import bench_parser, measure, step_kwargs, write_rows
 
-__all__ = ["compose_run", "speed_child", "run_speed", "run_auc", "main"]
+__all__ = ["MethodStep", "build_step", "compose_run", "format_speed", "run_auc", "run_speed", "main"]
 
 METHODS = ("supervised", "mhim", "mhim_v2")
 
@@ -55,69 +55,36 @@ def method_overrides(model: str, method: str) -> list[str]:
                                                                       if model == "transmil" else [])
 
 
-def _rss_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field))
+class MethodStep(nn.Module):
+    """A training method's step as a module: ``forward(x (1, N, D))`` returns its loss on that bag, after
+    the EMA update that followed the previous step (so a timed step includes it)."""
+
+    def __init__(self, model: nn.Module, method: TrainingMethod) -> None:
+        super().__init__()
+        self.model, self.method = model, method
+        method.setup(model)
+        self.ctx = StepContext(max_steps=100)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.method.on_optimizer_step(self.model, self.ctx)
+        batch = BagBatch(x=x, mask=torch.ones(x.shape[:2], dtype=torch.bool, device=x.device),
+                         y=torch.ones(1, dtype=torch.long, device=x.device))
+        return self.method.training_step(self.model, batch, self.ctx).loss
 
 
-def speed_child(model: str, method: str, n_bags: int, n_min: int, n_max: int, seed: int) -> dict[str, Any]:
-    """Measure one (model, method) in this process; returns epoch time (s) and peak memory (MiB)."""
-    torch.manual_seed(seed)
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cfg = compose_run(method_overrides(model, method) + ["data=synthetic", "data.in_dim=1024"])
-    net, meth = instantiate(cfg.model), instantiate(cfg.method)
-    meth.setup(net)
-    net.to(dev).train()
-    meth.to(dev).train()
-    opt = instantiate(cfg.optimizer)([p for p in [*net.parameters(), *meth.parameters()] if p.requires_grad])
-    g = torch.Generator().manual_seed(seed)
-    sizes = torch.randint(n_min, n_max + 1, (n_bags,), generator=g).tolist()
-    bags = [BagBatch(x=torch.randn(1, n, 1024, generator=g).to(dev), y=torch.tensor([i % 2], device=dev),
-                     mask=torch.ones(1, n, dtype=torch.bool, device=dev)) for i, n in enumerate(sizes)]
-    ctx = StepContext(max_steps=2 * n_bags)
-
-    def epoch() -> float:
-        t0 = time.perf_counter()
-        for bag in bags:
-            loss = meth.training_step(net, bag, ctx).loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            meth.on_optimizer_step(net, ctx)
-            ctx.global_step += 1
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0
-
-    if dev.type == "cuda":
-        epoch()  # warm-up
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        seconds = epoch()
-        peak = torch.cuda.max_memory_allocated() - base
-    else:  # the warm-up epoch gives the memory: freed heap memory stays resident and hides later peaks
-        with open("/proc/self/clear_refs", "w") as f:  # reset the peak-RSS high-water mark
-            f.write("5")
-        base = _rss_kb("VmRSS:") * 1024
-        epoch()
-        peak = _rss_kb("VmHWM:") * 1024 - base
-        seconds = epoch()
-    return {"model": model, "method": method, "epoch_s": seconds, "peak_mib": peak / 2**20, "device": dev.type,
-            "mean_n": statistics.mean(sizes)}
+def build_step(model: str, method: str, in_dim: int) -> MethodStep:
+    cfg = compose_run(method_overrides(model, method) + ["data=synthetic", f"data.in_dim={in_dim}"])
+    return MethodStep(instantiate(cfg.model), instantiate(cfg.method))
 
 
-def run_speed(models: list[str], n_bags: int, n_min: int, n_max: int, seed: int) -> list[dict[str, Any]]:
+def run_speed(models: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
-    for model in models:
-        for method in METHODS:
-            cmd = [sys.executable, "-m", "milkit.training.bench_mhim", "_child", model, method, str(n_bags),
-                   str(n_min), str(n_max), str(seed)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HYDRA_FULL_ERROR": "1"})
-            if proc.returncode:
-                rows.append({"model": model, "method": method, "error": proc.stderr.strip().splitlines()[-1]})
-            else:
-                rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-            print(json.dumps(rows[-1]), flush=True)
+    for n in args.sizes:
+        for model in models:
+            for method in METHODS:
+                build = functools.partial(build_step, model, method, args.in_dim)
+                rows.append({"model": model, "method": method, **measure(build, n, args.threads, **step_kwargs(args))})
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return rows
 
 
@@ -145,49 +112,50 @@ def run_auc(model: str, data: str, seeds: list[int], out: Path, extra: list[str]
 
 
 def format_speed(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'model':<10}{'method':<12}{'epoch_s':>9}{'peak_MiB':>10}{'time×':>7}{'mem×':>7}"]
-    base = {r["model"]: r for r in rows if r["method"] == "supervised" and "error" not in r}
+    """Markdown table with the ratios to supervised training of the same model at the same N."""
+    base = {(r["model"], r["n"]): r for r in rows if r["method"] == "supervised" and "error" not in r}
+    keys = ("time_s", "cpu_s", "peak_mb")
+    out = ["| model | N | method | step ms | CPU ms | peak MB | time × | CPU × | memory × |",
+           "|---|---:|---|" + "---:|" * 6]
     for r in rows:
+        cells = [r["model"], r["n"], r["method"]]
         if "error" in r:
-            lines.append(f"{r['model']:<10}{r['method']:<12}  failed: {r['error']}")
-            continue
-        b = base.get(r["model"])
-        ratio = (f"{r['epoch_s'] / b['epoch_s']:>7.2f}{r['peak_mib'] / max(b['peak_mib'], 1e-9):>7.2f}"
-                 if b else "")
-        lines.append(f"{r['model']:<10}{r['method']:<12}{r['epoch_s']:>9.2f}{r['peak_mib']:>10.0f}{ratio}")
-    return "\n".join(lines)
+            cells += [f"failed: {r['error']}"] + [""] * 5
+        else:
+            ref = base.get((r["model"], r["n"]))
+            cells += [f"{r['time_s'] * 1e3:.0f}", f"{r['cpu_s'] * 1e3:.0f}", f"{r['peak_mb']:.0f}"]
+            cells += [f"{r[k] / ref[k]:.2f}" if ref and ref[k] > 0 else "" for k in keys]
+        out.append("| " + " | ".join(map(str, cells)) + " |")
+    return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["_child"]:
-        model, method, n_bags, n_min, n_max, seed = argv[1:]
-        print(json.dumps(speed_child(model, method, int(n_bags), int(n_min), int(n_max), int(seed))))
+    if argv[:1] == ["auc"]:
+        p = argparse.ArgumentParser(description="test AUC over seeds, MHIM vs baseline (two-stage)")
+        p.add_argument("--model", default="abmil")
+        p.add_argument("--data", default="ucsb_breast_cancer")
+        p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+        p.add_argument("--out", type=Path, default=Path("outputs/bench_mhim"))
+        p.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. trainer.max_epochs=50")
+        args = p.parse_args(argv[1:])
+        aucs = run_auc(args.model, args.data, args.seeds, args.out.resolve(), args.overrides)
+        print(f"test AUC over seeds {args.seeds} ({args.model}, {args.data}; per seed the mean over folds):")
+        for method, vals in aucs.items():
+            std = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            print(f"  {method:<12}{statistics.mean(vals):.4f} ± {std:.4f}   per seed: "
+                  + ", ".join(f"{v:.4f}" for v in vals))
         return
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="part", required=True)
-    s = sub.add_parser("speed", help="epoch time and peak memory, MHIM vs supervised")
-    s.add_argument("--models", nargs="+", default=["abmil"])
-    s.add_argument("--bags", type=int, default=16)
-    s.add_argument("--n-min", type=int, default=2000)
-    s.add_argument("--n-max", type=int, default=8000)
-    s.add_argument("--seed", type=int, default=0)
-    a = sub.add_parser("auc", help="test AUC over seeds, MHIM vs baseline (two-stage)")
-    a.add_argument("--model", default="abmil")
-    a.add_argument("--data", default="ucsb_breast_cancer")
-    a.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    a.add_argument("--out", type=Path, default=Path("outputs/bench_mhim"))
-    a.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. trainer.max_epochs=50")
-    args = p.parse_args(argv)
-    if args.part == "speed":
-        print(format_speed(run_speed(args.models, args.bags, args.n_min, args.n_max, args.seed)))
-        return
-    aucs = run_auc(args.model, args.data, args.seeds, args.out.resolve(), args.overrides)
-    print(f"test AUC over seeds {args.seeds} ({args.model}, {args.data}; per seed the mean over folds):")
-    for method, vals in aucs.items():
-        std = statistics.stdev(vals) if len(vals) > 1 else 0.0
-        print(f"  {method:<12}{statistics.mean(vals):.4f} ± {std:.4f}   per seed: "
-              + ", ".join(f"{v:.4f}" for v in vals))
+    ap = bench_parser("time and peak memory of a training step, MHIM v1/v2 vs supervised (same run)")
+    ap.add_argument("--models", nargs="+", default=["abmil", "transmil", "dsmil"])
+    args = ap.parse_args(argv[1:] if argv[:1] == ["speed"] else argv)
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    print(f"# MHIM benchmark: one bag, D = {args.in_dim}, training step, device: {device}, dtype {args.dtype}",
+          file=sys.stderr)
+    rows = run_speed(args.models, args)
+    print(format_speed(rows))
+    if args.out:
+        write_rows(rows, args.out, {"device": device, "dtype": args.dtype})
 
 
 if __name__ == "__main__":
