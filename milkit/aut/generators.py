@@ -22,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from milkit.aut.bags import AUTDataset, BagSet, Role, assemble, gauss, mixture
-from milkit.errors import ConfigError
+from milkit.errors import ConfigError, MILKitError
 from milkit.registry import Registry
 
 __all__ = ["AUT_TESTS", "register_test", "make_test", "list_tests", "single_concept", "threshold_poison",
@@ -41,9 +41,14 @@ def register_test(name: str, assumption: str, description: str) -> Callable:
 
 
 def make_test(name: str, seed: int = 0, **kwargs: Any) -> AUTDataset:
-    """Generate a registered test; unknown keyword arguments are a ``ConfigError``."""
+    """Generate a registered test; unknown keyword arguments are a ``ConfigError``. Unlike ``Registry.create``,
+    ``None`` is passed on (``min_size=None`` means random bag sizes)."""
     try:
-        return AUT_TESTS.create(name, seed=seed, **kwargs)
+        factory = AUT_TESTS.get(name).factory
+    except MILKitError as err:
+        raise ConfigError(str(err)) from None
+    try:
+        return factory(seed=seed, **kwargs)
     except TypeError as err:
         raise ConfigError(f"test '{name}': {err}") from None
 

@@ -19,6 +19,7 @@ from functools import lru_cache
 from typing import Any, Mapping
 
 import torch
+from omegaconf import OmegaConf
 
 from milkit.aut.generators import AUT_TESTS, make_test
 from milkit.aut.property_check import monotonicity_check
@@ -64,10 +65,10 @@ class SuiteConfig:
     def from_any(cls, cfg: Any) -> "SuiteConfig":
         if isinstance(cfg, cls):
             return cfg
-        if not isinstance(cfg, Mapping):
-            from omegaconf import OmegaConf
-
+        if OmegaConf.is_config(cfg):
             cfg = OmegaConf.to_container(cfg, resolve=True)
+        if not isinstance(cfg, Mapping):
+            raise ConfigError(f"aut config: expected a mapping, got {type(cfg).__name__}")
         data = {k: v for k, v in dict(cfg).items() if k != "hydra"}
         unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
@@ -174,7 +175,7 @@ def _line(i: int, n: int, r: dict) -> str:
 
 def _execute(tasks: list[tuple[str, str, int]], cfg: SuiteConfig) -> list[dict]:
     results: dict[int, dict] = {}
-    log = print if cfg.verbose else (lambda *_: None)
+    log = print if cfg.verbose else (lambda *_, **__: None)
     if cfg.jobs <= 1:
         threads = torch.get_num_threads()
         try:
