@@ -119,7 +119,10 @@ def render_markdown(rows: Sequence[dict], meta: dict[str, Any]) -> str:
     errors = [f"- {r['model']} × {r['test']}: {e}" for r in rows for e in r["errors"]]
     if errors:
         lines += ["", "## Errors", "", *errors]
-    lines += ["", f"Wall time: {meta['wall_time_s']:.1f} s for {meta['n_runs']} runs ({meta['jobs']} worker(s)).", ""]
+    load = meta["environment"]["load_average_start"][0], meta["environment"]["load_average_end"][0]
+    lines += ["", f"Wall time: {meta['wall_time_s']:.1f} s for {meta['n_runs']} runs ({meta['jobs']} worker(s); "
+              f"{meta['cpu_time_s']:.0f} CPU-seconds in the runs; 1-min load average {load[0]:.1f} at start, "
+              f"{load[1]:.1f} at end on {meta['environment']['cpu_count']} CPUs).", ""]
     return "\n".join(lines)
 
 

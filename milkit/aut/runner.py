@@ -146,7 +146,7 @@ def run_one(model: str, test: str, seed: int, cfg: SuiteConfig) -> dict[str, Any
     rec: dict[str, Any] = {"model": model, "test": _label(test, cfg.test_kwargs.get(test) or {}), "seed": seed,
                            "model_assumption": info["mil_assumption"],
                            "test_assumption": AUT_TESTS.meta(test)["assumption"], "error": None}
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         torch.set_num_threads(cfg.threads)
         train, test_set, d = _dataset(test, seed, json.dumps(args, sort_keys=True))
@@ -160,7 +160,7 @@ def run_one(model: str, test: str, seed: int, cfg: SuiteConfig) -> dict[str, Any
                                                  atol=cfg.property_atol, needs_coords=info["needs_coords"])
     except Exception as err:  # noqa: BLE001  (batch job: record and go on)
         rec["error"] = f"{type(err).__name__}: {' '.join(str(err).split())}"[:300]
-    rec["seconds"] = time.perf_counter() - t0
+    rec["seconds"], rec["cpu_seconds"] = time.perf_counter() - t0, time.process_time() - c0
     return rec
 
 
@@ -211,9 +211,11 @@ def run_suite(cfg: Any) -> dict[str, Any]:
     load0, t0 = os.getloadavg(), time.perf_counter()
     runs = _execute(tasks, cfg)
     wall = time.perf_counter() - t0
+    cpu = sum(r["cpu_seconds"] for r in runs)
     meta = {"models": models, "tests": list(cfg.tests), "seeds": cfg.seed_list, "n_train": cfg.n_train,
             "n_test": cfg.n_test, "protocol": dataclasses.asdict(protocol), "verdict_rule": dataclasses.asdict(rule),
-            "jobs": cfg.jobs, "config": dataclasses.asdict(cfg), "wall_time_s": wall, "n_runs": len(runs),
+            "jobs": cfg.jobs, "config": dataclasses.asdict(cfg), "wall_time_s": wall, "cpu_time_s": cpu,
+            "n_runs": len(runs),
             "environment": {"torch": torch.__version__, "python": platform.python_version(),
                             "cpu_count": os.cpu_count(), "load_average_start": load0,
                             "load_average_end": os.getloadavg()}}
