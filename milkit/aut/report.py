@@ -57,7 +57,7 @@ def summarize(runs: Sequence[dict[str, Any]], rule: VerdictRule) -> list[dict[st
         if not ok:
             rows.append({**row, "verdict": "ERROR"})
             continue
-        for key in ("train_auc", "test_auc", "test_acc", "seconds"):
+        for key in ("train_auc", "test_auc", "test_acc", "seconds", "cpu_seconds"):
             row[key], row[key + "_std"] = _stats([r[key] for r in ok])
         checks = [r["property"]["lowered_fraction"] for r in ok if r.get("property")]
         row["lowered_fraction"] = float(np.mean(checks)) if checks else None
@@ -109,11 +109,11 @@ def render_markdown(rows: Sequence[dict], meta: dict[str, Any]) -> str:
                      + f" | {'yes' if all(v == 'PASS' for v in verdicts) else 'no'} |")
     lines += ["", "## Details", "",
               "| model | test | train AUC | test AUC | verdict | per seed | lowered (property) | top instance, "
-              "test positives | s / run |", "|---|---|---|---|---|---|---|---|---|"]
+              "test positives | s / run (CPU) |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         seeds = ", ".join(f"{v} × {n}" for v, n in Counter(r.get("seed_verdicts", [])).items()) or "–"
         low = "–" if r.get("lowered_fraction") is None else f"{r['lowered_fraction']:.3f}"
-        secs = f"{r['seconds']:.1f}" if "seconds" in r else "–"
+        secs = f"{r['seconds']:.0f} ({r['cpu_seconds']:.0f})" if "seconds" in r else "–"
         lines.append(f"| {r['model']} | {r['test']} | {_pm(r, 'train_auc')} | {_pm(r, 'test_auc')} | {r['verdict']} "
                      f"| {seeds} | {low} | {_top(r.get('top_role_positive_bags'))} | {secs} |")
     errors = [f"- {r['model']} × {r['test']}: {e}" for r in rows for e in r["errors"]]

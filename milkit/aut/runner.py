@@ -125,7 +125,7 @@ def _preflight(cfg: SuiteConfig, models: list[str]) -> None:
         make_test(test, seed=0, **{**cfg.test_args(test), "n_train": 4, "n_test": 4})
     for name in models:
         try:
-            create_model(name, in_dim=2, num_classes=cfg.protocol().num_classes, **cfg.kwargs_for(name))
+            create_model(name, in_dim=16, num_classes=cfg.protocol().num_classes, **cfg.kwargs_for(name))
         except TypeError as err:
             raise ConfigError(f"aut config 'model_kwargs.{name}': {err}") from None
         except Exception:  # noqa: BLE001  (any other failure is recorded per run)
