@@ -12,14 +12,15 @@ import numpy as np
 
 from milkit.utils.io import atomic_path
 
-__all__ = ["VerdictRule", "summarize", "render_markdown", "write_report"]
+__all__ = ["VerdictRule", "render_markdown", "rerender", "summarize", "write_report"]
 
 
 @dataclass(frozen=True)
 class VerdictRule:
-    """FAIL when test AUC < ``fail_below``; SUSPECT when train AUC > ``learned_above`` and the test AUC is more
-    than ``max_gap`` lower; NOT-EXPRESSIVE for a standard-MIL model on a threshold test that it did not learn
-    (train AUC ≤ ``learned_above``) and did not exploit (test AUC ≥ train AUC − ``max_gap``); PASS otherwise."""
+    """FAIL when test AUC < ``fail_below`` (the ranking is inverted: the invalid cue was exploited); SUSPECT
+    when train AUC > ``learned_above`` and the test AUC is more than ``max_gap`` lower; NOT-EXPRESSIVE for a
+    standard-MIL model on a threshold test that it did not learn (train AUC ≤ ``learned_above``) and did not
+    exploit (not FAIL); PASS otherwise."""
 
     fail_below: float = 0.5
     learned_above: float = 0.9
@@ -28,13 +29,12 @@ class VerdictRule:
     def __call__(self, train_auc: float, test_auc: float, model_assumption: str, test_assumption: str) -> str:
         if not (math.isfinite(train_auc) and math.isfinite(test_auc)):
             return "ERROR"
-        if (model_assumption == "standard" and test_assumption == "threshold"
-                and train_auc <= self.learned_above and test_auc >= train_auc - self.max_gap):
-            return "NOT-EXPRESSIVE"
         if test_auc < self.fail_below:
             return "FAIL"
         if train_auc > self.learned_above and train_auc - test_auc > self.max_gap:
             return "SUSPECT"
+        if model_assumption == "standard" and test_assumption == "threshold" and train_auc <= self.learned_above:
+            return "NOT-EXPRESSIVE"
         return "PASS"
 
 
@@ -82,19 +82,25 @@ def _top(d: dict[str, float] | None) -> str:
     return f"{role} {100 * frac:.0f}%"
 
 
+def _dagger(row: dict, meta: dict) -> str:
+    learned = meta["verdict_rule"]["learned_above"]
+    return "†" if row["verdict"] in {"PASS", "FAIL"} and row["train_auc"] <= learned else ""
+
+
 def render_markdown(rows: Sequence[dict], meta: dict[str, Any]) -> str:
     """The report: a verdict matrix (model × test), a detailed table, errors, and the wall time."""
     tests = list(dict.fromkeys(r["test"] for r in rows))
     models = list(dict.fromkeys(r["model"] for r in rows))
     by = {(r["model"], r["test"]): r for r in rows}
-    p = meta["protocol"]
+    p, v = meta["protocol"], meta["verdict_rule"]
     lines = ["# Algorithmic unit tests (Raff & Holt, NeurIPS 2023)", "",
              f"Seeds {meta['seeds']}; {p['epochs']} epochs; batch {p['batch_size']}; loss {p['loss']}; "
              f"train subset {p['train_subset']}; n_train/n_test {meta['n_train'] or 'default'}/"
              f"{meta['n_test'] or 'default'}; jobs {meta['jobs']}.",
-             "Cells: verdict (test AUC, mean over seeds). FAIL: test AUC < 0.5. SUSPECT: train AUC > 0.9 and test "
-             "AUC > 0.2 lower. NOT-EXPRESSIVE: standard-MIL model on a threshold test it cannot learn and does not "
-             "exploit.", "",
+             f"Cells: verdict (test AUC, mean over seeds). FAIL: test AUC < {v['fail_below']}. SUSPECT: train AUC > "
+             f"{v['learned_above']} and test AUC more than {v['max_gap']} lower. NOT-EXPRESSIVE: standard-MIL model on "
+             f"a threshold test that it cannot learn and does not exploit. †: train AUC ≤ {v['learned_above']}, the "
+             "model did not learn the training task; the verdict only says whether the test ranking is inverted.", "",
              "| model | MIL assumption | " + " | ".join(tests) + " | all PASS |",
              "|---|---|" + "---|" * len(tests) + "---|"]
     for m in models:
@@ -103,7 +109,7 @@ def render_markdown(rows: Sequence[dict], meta: dict[str, Any]) -> str:
             r = by.get((m, t))
             verdicts.append(r["verdict"] if r else "–")
             cells.append("–" if r is None else r["verdict"] if r["verdict"] == "ERROR"
-                         else f"{r['verdict']} ({r['test_auc']:.2f})")
+                         else f"{r['verdict']} ({r['test_auc']:.2f}){_dagger(r, meta)}")
         first = next(by[(m, t)] for t in tests if (m, t) in by)
         lines.append(f"| {m} | {first['model_assumption']} | " + " | ".join(cells)
                      + f" | {'yes' if all(v == 'PASS' for v in verdicts) else 'no'} |")
@@ -124,6 +130,15 @@ def render_markdown(rows: Sequence[dict], meta: dict[str, Any]) -> str:
               f"{meta['cpu_time_s']:.0f} CPU-seconds in the runs; 1-min load average {load[0]:.1f} at start, "
               f"{load[1]:.1f} at end on {meta['environment']['cpu_count']} CPUs).", ""]
     return "\n".join(lines)
+
+
+def rerender(json_path: str | Path, rule: VerdictRule | None = None) -> str:
+    """The markdown report of a stored ``aut_report.json``, optionally with other verdict thresholds."""
+    data = json.loads(Path(json_path).read_text())
+    meta = data["meta"]
+    if rule is not None:
+        meta = {**meta, "verdict_rule": asdict(rule)}
+    return render_markdown(summarize(data["runs"], VerdictRule(**meta["verdict_rule"])), meta)
 
 
 def write_report(out_dir: str | Path, runs: Sequence[dict], rows: Sequence[dict], meta: dict[str, Any]) -> tuple[Path, Path]:

@@ -35,7 +35,9 @@ DEFAULT_TESTS = ("single_concept", "threshold_poison", "false_frequency")
 
 @dataclass
 class SuiteConfig:
-    """Everything ``conf/aut.yaml`` sets (see there and ``docs/aut.md`` for the meaning of each key)."""
+    """Everything ``conf/aut.yaml`` sets (see there and ``docs/aut.md`` for the meaning of each key). The
+    defaults here are the library's: one worker and no ``model_kwargs`` (models use their ``tiny_kwargs``);
+    the command line's ``conf/aut.yaml`` sets 2 workers and the suite's model sizes."""
 
     models: list[str] | None = None          # None: every registered model with registry metadata aut=True
     exclude: list[str] = field(default_factory=list)
@@ -47,7 +49,7 @@ class SuiteConfig:
     model_kwargs: dict[str, dict] = field(default_factory=dict)
     fallback_kwargs: str = "tiny"            # models without a model_kwargs entry: "tiny" | "registry"
     epochs: int = 20
-    batch_size: int = 32
+    batch_size: int = 64
     loss: str = "bce"
     grad_clamp: float | None = 5.0
     train_subset: str = "all"

@@ -7,7 +7,7 @@ selection; train metrics accumulated *during* the last epoch (train mode), test 
 
 Deliberate deviations (recorded in the report's config):
 
-* Padded mini-batches (``batch_size``, default 32) instead of one bag per step, for speed. The loss is the
+* Padded mini-batches (``batch_size``, default 64) instead of one bag per step, for speed. The loss is the
   batch mean and the gradient clamp applies to the batch gradient.
 * All ``n_train`` bags are used (``train_subset="all"``). ``"official"`` reproduces the notebook's quirk: its
   sampler is built from the 80 % split but indexes the class-ordered list, so it trains on the first 80 % of
@@ -41,7 +41,7 @@ class Protocol:
     """How one model is trained on one test (defaults = the official notebook, batched)."""
 
     epochs: int = 20
-    batch_size: int = 32
+    batch_size: int = 64
     loss: str = "bce"                 # "bce": one logit (num_classes=1); "ce": two-class cross-entropy
     grad_clamp: float | None = 5.0    # element-wise clamp after NaN → 0; None disables
     train_subset: str = "all"         # "all" | "official" (first 80 % of the class-ordered bags)

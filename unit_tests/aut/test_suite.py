@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from milkit.aut.report import VerdictRule
+from milkit.aut.report import VerdictRule, rerender
 from milkit.aut.runner import SuiteConfig, run_suite, select_models
 from milkit.errors import ConfigError
 from milkit.models import list_models
@@ -58,6 +58,9 @@ def test_report_files_are_well_formed(suite) -> None:
     run = data["runs"][0]
     assert {"model", "test", "seed", "train_auc", "test_auc", "property", "top_roles", "seconds"} <= set(run)
     assert [s["verdict"] for s in data["summary"]] == ["PASS", "FAIL"]
+    assert rerender(out / "aut_report.json") == md
+    strict = rerender(out / "aut_report.json", VerdictRule(fail_below=0.99))
+    assert "| mi_net | standard | FAIL (" in strict and "test AUC < 0.99" in strict
 
 
 def test_verdict_rule() -> None:
@@ -66,7 +69,8 @@ def test_verdict_rule() -> None:
     assert rule(0.99, 0.70, "none", "standard") == "SUSPECT"
     assert rule(0.95, 0.90, "none", "threshold") == "PASS"
     assert rule(0.80, 0.75, "standard", "threshold") == "NOT-EXPRESSIVE"
-    assert rule(0.80, 0.40, "standard", "threshold") == "FAIL"  # collapsed: exploited something
+    assert rule(0.80, 0.55, "standard", "threshold") == "NOT-EXPRESSIVE"
+    assert rule(0.80, 0.40, "standard", "threshold") == "FAIL"  # inverted: exploited something
     assert rule(0.80, 0.75, "threshold", "threshold") == "PASS"
     assert rule(float("nan"), 0.5, "none", "standard") == "ERROR"
 
