@@ -67,6 +67,13 @@ class BagSet:
         """Number of instances with ``role`` in each bag, ``(n,)``."""
         return (self.roles == role).sum(1)
 
+    def shuffled(self, rng: np.random.Generator) -> "BagSet":
+        """The same bags with the instances of each bag in random order (padding stays at the end)."""
+        keys = np.where(self.mask, rng.random(self.mask.shape), np.inf)
+        order = np.argsort(keys, axis=1, kind="stable")
+        return BagSet(np.take_along_axis(self.x, order[..., None], axis=1), self.mask.copy(),
+                      np.take_along_axis(self.roles, order, axis=1), self.y.copy())
+
     def subset(self, idx: np.ndarray) -> "BagSet":
         return BagSet(self.x[idx], self.mask[idx], self.roles[idx], self.y[idx])
 

@@ -96,7 +96,8 @@ def render_markdown(rows: Sequence[dict], meta: dict[str, Any]) -> str:
     lines = ["# Algorithmic unit tests (Raff & Holt, NeurIPS 2023)", "",
              f"Seeds {meta['seeds']}; {p['epochs']} epochs; batch {p['batch_size']}; loss {p['loss']}; "
              f"train subset {p['train_subset']}; n_train/n_test {meta['n_train'] or 'default'}/"
-             f"{meta['n_test'] or 'default'}; jobs {meta['jobs']}.",
+             f"{meta['n_test'] or 'default'}; jobs {meta['jobs']}"
+             + ("; instances shuffled within bags." if meta.get("shuffle_instances") else "."),
              f"Cells: verdict (test AUC, mean over seeds). FAIL: test AUC < {v['fail_below']}. SUSPECT: train AUC > "
              f"{v['learned_above']} and test AUC more than {v['max_gap']} lower. NOT-EXPRESSIVE: standard-MIL model on "
              f"a threshold test that it cannot learn and does not exploit. †: train AUC ≤ {v['learned_above']}, the "

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 from omegaconf import OmegaConf
 
@@ -39,8 +40,10 @@ class SuiteConfig:
     defaults here are the library's: one worker and no ``model_kwargs`` (models use their ``tiny_kwargs``);
     the command line's ``conf/aut.yaml`` sets 2 workers and the suite's model sizes."""
 
-    models: list[str] | None = None          # None: every registered model with registry metadata aut=True
+    models: list[str] | None = None          # None: registered models with metadata aut=True (see select_models)
     exclude: list[str] = field(default_factory=list)
+    include_order_dependent: bool = False    # default selection includes models with permutation_invariant=False
+    shuffle_instances: bool = False          # shuffle the instances inside every bag (default: the notebook's order)
     tests: list[str] = field(default_factory=lambda: list(DEFAULT_TESTS))
     seeds: int | list[int] = 3               # an int n means seeds 0..n-1
     n_train: int | None = None               # None: the test's default (10,000)
@@ -105,13 +108,19 @@ class SuiteConfig:
 
 
 def select_models(cfg: SuiteConfig) -> list[str]:
-    """The configured models (default: registry metadata ``aut=True``) minus ``exclude``; unknown names fail."""
-    names = list(cfg.models) if cfg.models is not None else list_models(aut=True)
-    for name in [*names, *cfg.exclude]:
-        try:
-            model_info(name)
-        except MILKitError as err:
-            raise ConfigError(f"aut config 'models'/'exclude': {err}") from None
+    """``cfg.models`` if given (unknown names fail), else every registered model with metadata ``aut=True`` that
+    is permutation invariant (order-dependent ones too with ``include_order_dependent``); minus ``exclude``
+    (names not registered there are ignored, so one config serves checkouts with different models)."""
+    if cfg.models is not None:
+        names = list(cfg.models)
+        for name in names:
+            try:
+                model_info(name)
+            except MILKitError as err:
+                raise ConfigError(f"aut config 'models': {err}") from None
+    else:
+        names = [n for n in list_models(aut=True)
+                 if cfg.include_order_dependent or model_info(n)["permutation_invariant"]]
     return [n for n in names if n not in set(cfg.exclude)]
 
 
@@ -135,8 +144,11 @@ def _preflight(cfg: SuiteConfig, models: list[str]) -> None:
 
 
 @lru_cache(maxsize=2)
-def _dataset(test: str, seed: int, args_json: str) -> tuple[Standardized, Standardized, int]:
+def _dataset(test: str, seed: int, args_json: str, shuffle: bool) -> tuple[Standardized, Standardized, int]:
     ds = make_test(test, seed=seed, **json.loads(args_json))
+    if shuffle:
+        rng = np.random.default_rng([seed, 1])
+        ds.train, ds.test = ds.train.shuffled(rng), ds.test.shuffled(rng)
     train, test_set = standardize(ds.train, ds.test)
     return train, test_set, ds.train.x.shape[-1]
 
@@ -151,7 +163,7 @@ def run_one(model: str, test: str, seed: int, cfg: SuiteConfig) -> dict[str, Any
     t0, c0 = time.perf_counter(), time.process_time()
     try:
         torch.set_num_threads(cfg.threads)
-        train, test_set, d = _dataset(test, seed, json.dumps(args, sort_keys=True))
+        train, test_set, d = _dataset(test, seed, json.dumps(args, sort_keys=True), cfg.shuffle_instances)
         torch.manual_seed(seed)
         protocol = cfg.protocol()
         net = create_model(model, in_dim=d, num_classes=protocol.num_classes, **cfg.kwargs_for(model))
@@ -215,7 +227,7 @@ def run_suite(cfg: Any) -> dict[str, Any]:
     wall = time.perf_counter() - t0
     cpu = sum(r["cpu_seconds"] for r in runs)
     meta = {"models": models, "tests": list(cfg.tests), "seeds": cfg.seed_list, "n_train": cfg.n_train,
-            "n_test": cfg.n_test, "protocol": dataclasses.asdict(protocol), "verdict_rule": dataclasses.asdict(rule),
+            "n_test": cfg.n_test, "shuffle_instances": cfg.shuffle_instances, "protocol": dataclasses.asdict(protocol), "verdict_rule": dataclasses.asdict(rule),
             "jobs": cfg.jobs, "config": dataclasses.asdict(cfg), "wall_time_s": wall, "cpu_time_s": cpu,
             "n_runs": len(runs),
             "environment": {"torch": torch.__version__, "python": platform.python_version(),

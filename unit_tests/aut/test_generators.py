@@ -145,6 +145,17 @@ def test_assemble_cycles_patterns_in_segment_order() -> None:
     assert s.mask.all() and (s.y == 1).all()
 
 
+def test_shuffled_permutes_instances_within_bags() -> None:
+    s = make_test("single_concept", seed=0, n_train=200, n_test=4).train
+    t = s.shuffled(np.random.default_rng(0))
+    np.testing.assert_array_equal(t.mask, s.mask)
+    assert (t.roles[:, 0] != Role.POISON).any()  # the poison no longer always comes first
+    for i in range(len(s)):
+        n = s.lengths[i]
+        rows = lambda b: sorted(map(tuple, np.c_[b.roles[i, :n], b.x[i, :n]]))  # noqa: E731
+        assert rows(t) == rows(s)
+
+
 def test_bad_arguments_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="test 'single_concept'.*unexpected keyword argument 'v2'"):
         make_test("single_concept", v2=True)
