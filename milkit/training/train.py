@@ -116,12 +116,23 @@ def _fit_fold(cfg: DictConfig, source: BagSource, fold_splits: pd.DataFrame, fol
     return row
 
 
+def _std(vals: np.ndarray) -> float:
+    return float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+
+
 def _summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and std over folds; with repeated CV also the std over the per-repeat means (``repeat_std``), which is
+    what papers that repeat k-fold CV usually report."""
     summary: dict[str, Any] = {"folds": rows}
+    repeats = sorted({r.get("repeat", 0) for r in rows})
     for key in [f"test/{m}" for m in METRIC_NAMES] + [k for k in rows[0] if k.startswith("best_")]:
         vals = np.array([r[key] for r in rows if key in r], dtype=float)
         if len(vals):
-            summary[key] = {"mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0}
+            summary[key] = {"mean": float(vals.mean()), "std": _std(vals)}
+            if len(repeats) > 1:
+                means = np.array([np.mean([r[key] for r in rows if key in r and r.get("repeat", 0) == k])
+                                  for k in repeats])
+                summary[key]["repeat_std"] = _std(means)
     return summary
 
 
@@ -133,6 +144,9 @@ def format_table(summary: dict[str, Any]) -> str:
         lines.append(f"{r['fold']:<10}" + "".join(f"{r.get(c, float('nan')):>10.3f}" for c in cols) + f"{r['epochs']:>8}")
     ms = [summary.get(c) for c in cols]
     lines.append(f"{'mean±std':<10}" + "".join(f"{m['mean']:>6.3f}±{m['std']:.2f}" if m else f"{'-':>10}" for m in ms))
+    if any(m and "repeat_std" in m for m in ms):  # std over the means of the CV repeats
+        lines.append(f"{'±repeats':<10}" + "".join(f"{m['mean']:>6.3f}±{m['repeat_std']:.2f}" if m else f"{'-':>10}"
+                                                  for m in ms))
     return "\n".join(lines)
 
 
@@ -159,6 +173,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             name = f"{tag}fold{fold}"
             row = _fit_fold(cfg, source, splits[splits["fold"] == fold], out_dir / name, name,
                             int(cfg.seed) + 1000 * repeat + int(fold))
+            row["repeat"] = repeat
             rows.append(row)
             shown = "  ".join(f"{k.split('/')[1]}={row[k]:.3f}" for k in row if k.startswith("test/"))
             print(f"[milkit] {name}: {shown}  epochs={row['epochs']}  ({row['fit_s']:.1f}s)")

@@ -82,3 +82,14 @@ def test_hooks_run_around_training(make_cfg) -> None:
                    "hooks.after={_target_: unit_tests.training.test_train.record_after, _partial_: true}")
     summary = train(cfg)
     assert HOOK_CALLS == [("before", 0), ("after", 1)] and summary["after"] == {"ok": True}
+
+
+def test_repeated_cv_reports_std_over_repeat_means(make_cfg, tmp_path) -> None:
+    summary = train(make_cfg("cv.repeats=2", "cv.run_folds=[0,1]"))
+    assert [r["fold"] for r in summary["folds"]] == ["r0_fold0", "r0_fold1", "r1_fold0", "r1_fold1"]
+    acc = [r["test/acc"] for r in summary["folds"]]
+    repeat_means = [(acc[0] + acc[1]) / 2, (acc[2] + acc[3]) / 2]
+    assert summary["test/acc"]["mean"] == pytest.approx(sum(acc) / 4)
+    assert summary["test/acc"]["repeat_std"] == pytest.approx(abs(repeat_means[0] - repeat_means[1]) / 2 ** 0.5)
+    r0, r1 = (pd.read_csv(tmp_path / "run" / f"r{k}_splits.csv") for k in (0, 1))
+    assert not r0.equals(r1)  # each repeat reshuffles the folds
