@@ -5,23 +5,16 @@
 """
 from __future__ import annotations
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
-from milkit.errors import MILKitError
+from milkit.aut.runner import run_suite
+from milkit.cli import CONF_DIR, run_safely
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="aut")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="aut")
 def main(cfg: DictConfig) -> None:
-    from milkit.aut.runner import run_suite
-
-    try:
-        run_suite(cfg)
-    except MILKitError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+    run_safely(run_suite, cfg)
 
 
 if __name__ == "__main__":

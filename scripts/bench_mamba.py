@@ -4,7 +4,8 @@
     PYTHONPATH=$PWD python scripts/bench_mamba.py --device cuda      # GPU (about 1-2 min on an H100)
 
 Scan rows: one Mamba block's scan (d_inner 1024, d_state 16, inputs from the bag; gradients to everything):
-milkit's scan vs the plain loop (mamba-ssm's ``selective_scan_ref`` iterating unbind-ed steps, N <= --loop-max)
+milkit's scan as ``impl="auto"`` picks it (on the CPU the C kernel), milkit's PyTorch scan (``impl="ref"``), vs the
+plain loop (mamba-ssm's ``selective_scan_ref`` iterating unbind-ed steps, N <= --loop-max)
 and the same loop with per-step indexing as written upstream (O(L^2) backward, N <= --index-max), plus
 mamba-ssm's kernels when installed. Model rows: MambaMIL (SR, plain) vs TransMIL (milkit's when registered,
 and torchmil's). CPU rows run each in a fresh process (peak RSS); CUDA rows run in this process.
@@ -61,7 +62,7 @@ class ScanBench(nn.Module):
 def build(case: str, in_dim: int) -> nn.Module:
     kind, _, name = case.partition(":")
     if kind == "scan":
-        return ScanBench({"milkit": "ref", "mamba-ssm": "cuda"}.get(name, name), in_dim)
+        return ScanBench({"milkit": "auto", "milkit-torch": "ref", "mamba-ssm": "cuda"}.get(name, name), in_dim)
     if name == "transmil (torchmil)":
         from torchmil.models import TransMIL
         return TransMIL((in_dim,), att_dim=512, n_heads=8, n_landmarks=256, pinv_iterations=6)
@@ -72,7 +73,7 @@ def build(case: str, in_dim: int) -> nn.Module:
 
 def cases(n: int, args: argparse.Namespace) -> list[str]:
     kernels = args.device == "cuda" and mamba_ssm_available()
-    out = ["scan:milkit"] + (["scan:mamba-ssm"] if kernels else [])
+    out = ["scan:milkit", "scan:milkit-torch"] + (["scan:mamba-ssm"] if kernels else [])
     out += (["scan:loop"] if n <= args.loop_max else []) + (["scan:index"] if n <= args.index_max else [])
     out += ["model:mambamil", "model:mambamil_plain"] + (["model:mambamil (mamba-ssm)"] if kernels else [])
     out += ["model:transmil"] if "transmil" in list_models() else []

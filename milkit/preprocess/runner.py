@@ -124,7 +124,7 @@ def process_slide(entry: SlideEntry, st: Settings, root: Path, seg: Segmenter, e
         user = Path(st.tissue_geojson) / f"{entry.slide_id}.geojson" if st.tissue_geojson else None
         tissue = user if user is not None and user.is_file() else paths.geojson
         with open_slide(entry.path, st.reader, mpp=entry.mpp or st.slide_mpp, force_mpp=st.force_mpp) as reader:
-            if "segment" in st.stages and tissue == paths.geojson and segment_stage(reader, seg, paths):
+            if "segment" in st.stages and segment_stage(reader, seg, paths, None if tissue == paths.geojson else tissue):
                 done.append("segment")
             if "tile" in st.stages:
                 row.tiles, did = tile_stage(reader, seg, tissue, paths, st.target_mpp, st.patch_size, st.overlap,

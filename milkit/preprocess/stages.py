@@ -18,10 +18,11 @@ from typing import Any
 
 import cv2
 import numpy as np
+import torch
 
 from milkit.errors import DataError
 from milkit.features.encoders import PatchEncoder
-from milkit.features.extract import extract_features
+from milkit.features.extract import extract_features, resolve_precision
 from milkit.utils.io import atomic_path
 from milkit.wsi.geojson import (Polygon, from_geojson, load_geojson, mask_to_polygons, rasterize, read_geojson,
                                 write_geojson)
@@ -77,14 +78,21 @@ def _write_thumbnail(path: Path, rgb: np.ndarray, polygons: list[Polygon], scale
         tmp.write_bytes(buf.tobytes())
 
 
-def segment_stage(reader: SlideReader, seg: Segmenter, paths: SlidePaths) -> bool:
-    """Segment unless a current GeoJSON exists; returns whether work was done."""
-    if _segmentation_current(paths.geojson, seg):
+def segment_stage(reader: SlideReader, seg: Segmenter, paths: SlidePaths, tissue: Path | None = None) -> bool:
+    """Segment unless a current GeoJSON exists, and draw the thumbnail with its contours unless it exists;
+    returns whether work was done. ``tissue``: a user's GeoJSON used instead of segmenting (only drawn)."""
+    source = tissue or paths.geojson
+    current = tissue is not None or _segmentation_current(paths.geojson, seg)
+    drawn = paths.thumbnail.is_file() and paths.thumbnail.stat().st_mtime >= source.stat().st_mtime if current else False
+    if current and drawn:
         return False
     rgb, scale = reader.thumbnail(seg.seg_mpp)
-    mask = seg(rgb, reader.mpp * (scale[0] + scale[1]) / 2)
-    polygons = mask_to_polygons(mask, scale)
-    write_geojson(paths.geojson, polygons, meta={"segmenter": seg.params(), "slide": str(reader.path)})
+    if current:
+        polygons = read_geojson(source)
+    else:
+        mask = seg(rgb, reader.mpp * (scale[0] + scale[1]) / 2)
+        polygons = mask_to_polygons(mask, scale)
+        write_geojson(paths.geojson, polygons, meta={"segmenter": seg.params(), "slide": str(reader.path)})
     _write_thumbnail(paths.thumbnail, rgb, polygons, scale)
     return True
 
@@ -100,7 +108,7 @@ def tile_stage(reader: SlideReader, seg: Segmenter, tissue: Path, paths: SlidePa
         raise DataError(f"{tissue}: no tissue GeoJSON (run the 'segment' stage or provide one)")
     digest = _sha256(tissue)
     expected = {"patch_size": patch_size, "overlap": overlap, "target_mpp": target_mpp, "min_tissue": min_tissue,
-                "tissue_sha256": digest}
+                "tissue_sha256": digest, "level0_mpp": reader.mpp}  # the MPP may come from an override
     try:
         return len(validate_coords(paths.coords, expected)), False
     except DataError:
@@ -136,9 +144,11 @@ def extract_stage(reader: SlideReader, encoder: PatchEncoder, paths: SlidePaths,
         frac = polygon_fractions(read_geojson(annotations), coords, float(attrs["patch_size_level0"]), dims)
         labels = (frac >= label_min_fraction).astype(np.int64)
         label_attrs = {"source": str(annotations), "min_fraction": label_min_fraction}
-    expected = {"encoder": encoder.spec.name, "weights_hash": encoder.weights_id}
+    precision = resolve_precision(encoder, kw.get("device") or torch.device("cpu"), kw.get("precision"))
+    expected = {"encoder": encoder.spec.name, "weights_hash": encoder.weights_id, "precision": precision}
     try:
-        validate_features(paths.features, coords, encoder.dim, expected, labels=labels is not None)
+        validate_features(paths.features, coords, encoder.dim, expected, labels=labels is not None,
+                          dtype=kw.get("feature_dtype", "float32"))
         return len(coords), None
     except DataError:
         pass

@@ -118,10 +118,12 @@ def feature_writer(path: str | os.PathLike, coords: np.ndarray, coord_attrs: Map
 
 
 def validate_features(path: str | os.PathLike, coords: np.ndarray | None = None, dim: int | None = None,
-                      expected: Mapping[str, Any] | None = None, labels: bool | None = None) -> int:
+                      expected: Mapping[str, Any] | None = None, labels: bool | None = None,
+                      dtype: str | None = None) -> int:
     """Check a features file: opens, ``features`` ``(N, D)`` matches ``coords`` (row count, and values when
-    ``coords`` is given) and ``dim``, required attributes present and equal to ``expected`` (e.g. encoder
-    name, weights hash), ``instance_labels`` present iff ``labels`` (when not None) with N rows. Returns N."""
+    ``coords`` is given), ``dim`` and ``dtype``, required attributes present and equal to ``expected`` (e.g.
+    encoder name, weights hash), ``instance_labels`` present iff ``labels`` (when not None) with N rows.
+    Returns N."""
     try:
         with h5py.File(path, "r") as f:
             if "features" not in f or "coords" not in f:
@@ -134,6 +136,8 @@ def validate_features(path: str | os.PathLike, coords: np.ndarray | None = None,
                 raise DataError(f"{path}: {n} feature rows but {cds.shape[0]} coords")
             if dim is not None and feats.shape[1] != dim:
                 raise DataError(f"{path}: feature dim {feats.shape[1]}, expected {dim}")
+            if dtype is not None and feats.dtype != np.dtype(dtype):
+                raise DataError(f"{path}: features are {feats.dtype}, expected {dtype}")
             attrs = _attrs(feats)
             missing = [k for k in FEATURE_ATTRS if k not in attrs]
             if missing:

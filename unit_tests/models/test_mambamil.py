@@ -100,6 +100,27 @@ def test_dual_mamba_with_identity_order_is_two_forward_branches():
         block(h)
 
 
+def test_sr_mixer_in_the_model_is_upstreams_reorder_scan_restore():
+    """Upstream SRMamba for N % R == 0: scan x, and scan ``rearrange(x, "b (k w) d -> b (w k) d")`` then put it
+    back with the inverse rearrangement; both branches summed, gated, projected. The model's own token order
+    must wire exactly that (swapping the order and its inverse gives another result)."""
+    torch.manual_seed(3)
+    model = MambaMIL(8, 2, mixer="sr", embed_dim=16, d_state=4, rate=3)
+    block = model.layers[0][1]
+    h = torch.randn(2, 12, 16)
+    mask = torch.ones(2, 12, dtype=torch.bool)
+    k, r = 12 // 3, 3
+    fwd = lambda t: t.view(2, k, r, -1).transpose(1, 2).reshape(2, 12, -1)  # noqa: E731  b (k w) d -> b (w k) d
+    back = lambda t: t.view(2, r, k, -1).transpose(1, 2).reshape(2, 12, -1)  # noqa: E731  b (w k) d -> b (k w) d
+    x, z = block.in_proj(h).chunk(2, dim=-1)
+    y_f = block.scan_branch(x, block.conv1d, block.x_proj, block.dt_proj, block.A_log, block.D)
+    y_r = block.scan_branch(fwd(x), block.conv1d_b, block.x_proj_b, block.dt_proj_b, block.A_b_log, block.D_b)
+    want = block.out_proj((y_f + back(y_r)) * F.silu(z))
+    order, inverse = model.token_order(mask)
+    torch.testing.assert_close(block(h, order, inverse), want)
+    assert not torch.allclose(block(h, inverse, order), want)
+
+
 def upstream_order(length: int, rate: int) -> list[int]:
     """MambaMIL's reordering: zero-pad to K·R, "b (k w) d -> b (w k) d", then drop the pads (-1)."""
     k = math.ceil(length / rate)
@@ -208,7 +229,7 @@ def test_paper_experiment_overlay(tmp_path):
     assert cfg.model.model_name == "mambamil" and cfg.model.rate == 5 and cfg.model.dropout == 0.0
     assert cfg.optimizer._target_ == "torch.optim.Adam" and cfg.optimizer.lr == 2e-4 and cfg.optimizer.weight_decay == 1e-5
     assert cfg.scheduler is None and cfg.trainer.max_epochs == 200 and cfg.trainer.min_epochs == 50
-    assert cfg.monitor == "val/loss" and cfg.monitor_mode == "min" and cfg.early_stopping.patience == 20
+    assert cfg.monitor == "val/loss" and cfg.monitor_mode == "min" and cfg.callbacks.early_stopping.patience == 20
     assert cfg.seed == 1 and cfg.cv.folds == 10 and cfg.data.batch_size == 1
     assert sum(p.numel() for p in instantiate(cfg.model).parameters()) == 4_227_843
 

@@ -197,3 +197,15 @@ def test_dataset_presets_set_the_official_values(root_config: Path) -> None:
     assert cfg.model.model_name == "rrt_abmil"
     assert (cfg.model.epeg_k, cfg.model.crmsa_k, cfg.model.crmsa_heads) == (13, 3, 1)
     assert cfg.model.all_shortcut and cfg.model.crmsa_mlp
+
+
+@pytest.mark.parametrize("overlay, patience, min_epochs", [("rrt_abmil", 20, 70), ("rrt_abmil_nsclc_r50", 20, 70),
+                                                           ("rrt_abmil_c16_r50", 30, 130), ("rrt_abmil_c16_plip", 30, 130)])
+def test_recipe_early_stopping_composes_into_the_real_train_config(tmp_path, overlay, patience, min_epochs) -> None:
+    from unit_tests.training.conftest import compose_cfg
+
+    cfg = compose_cfg([f"experiment={overlay}", "data.in_dim=1024", "data.num_classes=2"], tmp_path)
+    es = instantiate(cfg.callbacks.early_stopping)
+    assert (es.monitor, es.mode, es.patience) == ("val/auroc", "max", patience)
+    assert cfg.trainer.min_epochs == min_epochs and cfg.trainer.max_epochs == 200
+    assert cfg.callbacks.model_checkpoint.monitor == "val/auroc"

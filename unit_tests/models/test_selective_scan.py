@@ -164,3 +164,69 @@ def test_ref_scan_matches_mamba_ssm_kernels(length):
     torch.testing.assert_close(fast, ref, rtol=6e-4, atol=2e-3)
     for got, want in zip(grads(ref, inputs), grads(fast, inputs)):
         torch.testing.assert_close(got, want, rtol=6e-4, atol=2e-3 * max(1.0, want.abs().max().item()))
+
+
+# ---- milkit's C kernel on the CPU (impl="cpu") ----
+from milkit.models.layers import scan_kernel  # noqa: E402
+
+needs_kernel = pytest.mark.skipif(not scan_kernel.available(), reason="no C compiler to build the CPU scan kernel")
+
+
+@needs_kernel
+@pytest.mark.parametrize("block", [64, 7])
+@pytest.mark.parametrize("d, n, length", [(6, 4, 1), (6, 4, 2), (40, 16, 33), (17, 16, 300), (20, 5, 130)])
+def test_cpu_kernel_matches_float64_recurrence(monkeypatch, block, d, n, length):
+    """Partial channel tiles (d = 6, 17, 20, 40 with 16-channel tiles), the specialised N = 16 path and the
+    generic one, checkpoint blocks of 64 and 7 steps (so states cross block boundaries)."""
+    monkeypatch.setattr(scan_kernel, "_BLOCK", block)
+    assert_matches_reference(make_inputs(2, d, n, length), impl="cpu")
+
+
+@needs_kernel
+def test_cpu_kernel_long_sequence_and_auto_dispatch():
+    inputs = make_inputs(1, 24, 16, 2048, seed=3)
+    assert_matches_reference(inputs, impl="cpu")
+    torch.testing.assert_close(selective_scan(**inputs, delta_softplus=True),  # auto → the kernel on the CPU
+                               selective_scan(**inputs, delta_softplus=True, impl="cpu"), rtol=0, atol=0)
+
+
+@needs_kernel
+def test_cpu_kernel_threads_split_channels(monkeypatch):
+    """Several channel ranges (one per thread), each with its own dB/dC, give the single-range result."""
+    inputs = make_inputs(2, 40, 16, 50, seed=5)
+    one = selective_scan(**inputs, delta_softplus=True, impl="cpu")
+    g_one = grads(one, inputs)
+    monkeypatch.setattr(scan_kernel.torch, "get_num_threads", lambda: 3)
+    assert scan_kernel._ranges(40) == [(0, 16), (16, 32), (32, 40)]
+    three = selective_scan(**inputs, delta_softplus=True, impl="cpu")
+    torch.testing.assert_close(three, one, rtol=0, atol=0)
+    for a, b in zip(grads(three, inputs), g_one):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+@needs_kernel
+def test_cpu_kernel_optional_arguments_match_the_pytorch_scan():
+    g = torch.Generator().manual_seed(7)
+    u, delta = torch.randn(2, 20, 70, generator=g), torch.rand(2, 20, 70, generator=g) * 0.3
+    A, B, C = -torch.rand(20, 16, generator=g) - 0.1, torch.randn(2, 16, 70, generator=g), torch.randn(2, 16, 70, generator=g)
+    for t in (u, delta, A, B, C):
+        t.requires_grad_()
+    for kw in ({}, {"D": torch.ones(20)}, {"delta_bias": torch.full((20,), 0.1), "delta_softplus": True}):
+        outs = [selective_scan(u, delta, A, B, C, impl=impl, **kw) for impl in ("ref", "cpu")]
+        torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
+        gr = [torch.autograd.grad(o.square().sum(), (u, delta, A, B, C)) for o in outs]
+        for a, b in zip(gr[1], gr[0]):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
+
+
+def test_cpu_kernel_can_be_switched_off(monkeypatch):
+    monkeypatch.setenv("MILKIT_SCAN_KERNEL", "0")
+    scan_kernel._lib.cache_clear()
+    try:
+        assert not scan_kernel.available()
+        inputs = make_inputs(1, 4, 4, 9)
+        with pytest.raises(ConfigError, match="impl='cpu'"):
+            selective_scan(**inputs, impl="cpu")
+        assert_matches_reference(inputs, impl="auto")  # falls back to the PyTorch scan
+    finally:
+        scan_kernel._lib.cache_clear()

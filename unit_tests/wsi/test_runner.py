@@ -100,13 +100,33 @@ def test_rerun_skips_valid_outputs_and_redoes_invalid_ones(cohort, tmp_path):
     user = tmp_path / "edited"
     write_geojson(user / "a_good.geojson", [(np.array([[0, 0], [700, 0], [700, 700], [0, 700]], float), [])])
     m = _manifest(preprocess(_cfg(cohort / "slides", tmp_path, f"tissue_geojson={user}")))
-    assert m.loc["a_good", "stages"] == "tile+extract" and m.loc["b_good", "status"] == "skipped"
+    assert m.loc["a_good", "stages"] == "segment+tile+extract" and m.loc["b_good", "status"] == "skipped"
+    assert (out / "thumbnails" / "a_good.jpg").stat().st_mtime >= (user / "a_good.geojson").stat().st_mtime
     with h5py.File(out / "patches" / "a_good_patches.h5") as f:
         coords = f["coords"][()]
         assert json.loads(f["coords"].attrs["segmenter"])["name"] == "geojson"
     assert len(coords) == m.loc["a_good", "tiles"] and coords.max() + 64 <= 764  # within the square (+ 25 %)
     m = _manifest(preprocess(_cfg(cohort / "slides", tmp_path, "min_tissue=0.9")))  # new threshold: re-tile
     assert m.loc["a_good", "stages"] == "tile+extract" and m.loc["b_good", "stages"] == "tile+extract"
+
+
+def test_rerun_redoes_outputs_whose_settings_changed(cohort, tmp_path):
+    cfg = _cfg(cohort / "slides", tmp_path, "stages=[segment,tile,extract]")
+    out = preprocess(cfg)
+    (out / "thumbnails" / "a_good.jpg").unlink()
+    m = _manifest(preprocess(cfg))
+    assert m.loc["a_good", "stages"] == "segment" and m.loc["b_good", "status"] == "skipped"
+    assert (out / "thumbnails" / "a_good.jpg").stat().st_size > 0
+    m = _manifest(preprocess(_cfg(cohort / "slides", tmp_path, "feature_dtype=float16")))
+    assert m.loc["a_good", "stages"] == m.loc["b_good", "stages"] == "extract"
+    with h5py.File(out / "features_tiny" / "a_good.h5") as f:
+        assert f["features"].dtype == np.float16
+    # an MPP override changes the geometry: re-tile and re-extract, never keep the old files
+    m = _manifest(preprocess(_cfg(cohort / "slides", tmp_path, "feature_dtype=float16", "slide_mpp=0.25",
+                                  "force_mpp=true")))
+    assert m.loc["a_good", "stages"] == "tile+extract"
+    with h5py.File(out / "patches" / "a_good_patches.h5") as f:
+        assert f["coords"].attrs["level0_mpp"] == 0.25 and f["coords"].attrs["patch_size_level0"] == 128
 
 
 def test_shards_split_without_overlap(cohort, tmp_path):

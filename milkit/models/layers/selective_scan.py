@@ -6,7 +6,10 @@ For every batch ``b``, channel ``d`` and state ``n`` (``A = -exp(A_log)`` in Mam
     h_t = exp(Δ_t A) ⊙ h_{t-1} + Δ_t u_t B_t        h_0 = 0   ("ZOH" for A, Euler for B, as in Mamba)
     y_t = Σ_n C_t h_t + D u_t,     out_t = y_t ⊙ SiLU(z_t)
 
-This is what ``mamba_ssm``'s ``selective_scan_fn`` / ``selective_scan_ref`` compute.
+This is what ``mamba_ssm``'s ``selective_scan_fn`` / ``selective_scan_ref`` compute. Implementations, one
+signature, chosen at run time by ``impl="auto"``: mamba-ssm's CUDA kernels (``"cuda"``, CUDA tensors, package
+installed); milkit's fused C kernel on the CPU (``"cpu"``, float32 compute, :mod:`.scan_kernel`, built at first use
+with the system compiler); milkit's PyTorch scan below (``"ref"``, any device and dtype, also float64).
 
 ``impl="ref"`` is a custom autograd function that never stores the ``(L, D, N)`` states. The sequence is
 cut into blocks; per block the decays ``exp(Δ A)`` and inputs ``Δ u B`` are written into reused buffers and
@@ -27,10 +30,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from milkit.errors import ConfigError
+from milkit.models.layers import scan_kernel
 
 __all__ = ["selective_scan", "selective_scan_loop", "mamba_ssm_available"]
 
-_IMPLS = ("auto", "ref", "cuda")
+_IMPLS = ("auto", "ref", "cpu", "cuda")
 _LOG2E = 1.4426950408889634
 _LN2 = 0.6931471805599453
 # Elements per block buffer ((S, B, N, D) floats) and per scan step, tuned on CPU (cache-sized blocks: 32 steps
@@ -61,14 +65,21 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
     Shapes: ``u, delta, z (B, D, L)``; ``A (D, N)`` real; ``B, C (B, N, L)`` (input-dependent, one group);
     ``D, delta_bias (D,)``. Returns ``(B, D, L)`` in ``u``'s dtype.
 
-    ``impl``: ``"ref"`` milkit's scan (any device); ``"cuda"`` mamba-ssm's kernels (CUDA tensors, package
-    installed); ``"auto"`` = ``"cuda"`` when both are there, else ``"ref"``.
+    ``impl``: ``"ref"`` milkit's PyTorch scan (any device); ``"cpu"`` milkit's C kernel (CPU tensors, a C
+    compiler); ``"cuda"`` mamba-ssm's kernels (CUDA tensors, package installed); ``"auto"``: ``"cuda"`` for CUDA
+    tensors when mamba-ssm is there, ``"cpu"`` for CPU tensors of up to 32 bits when the kernel builds, else ``"ref"``.
     """
     if impl not in _IMPLS:
         raise ConfigError(f"selective_scan impl must be one of {_IMPLS}, got '{impl}'")
     _check_shapes(u, delta, A, B, C)
     if impl == "auto":
-        impl = "cuda" if u.is_cuda and mamba_ssm_available() else "ref"
+        if u.is_cuda:
+            impl = "cuda" if mamba_ssm_available() else "ref"
+        else:
+            impl = "cpu" if u.device.type == "cpu" and u.dtype != torch.float64 and scan_kernel.available() else "ref"
+    if impl == "cpu" and (u.device.type != "cpu" or not scan_kernel.available()):
+        raise ConfigError("selective_scan impl='cpu' needs CPU tensors and a C compiler to build milkit's kernel "
+                          "(or MILKIT_SCAN_KERNEL is 0); use impl='ref' or 'auto'")
     if impl == "cuda":
         fn = _mamba_ssm_scan()
         if fn is None or not u.is_cuda:
@@ -78,7 +89,8 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
     cdt = torch.float64 if u.dtype == torch.float64 else torch.float32
     cast = lambda t: None if t is None else t.to(cdt)  # noqa: E731
     with torch.autocast(u.device.type, enabled=False):  # the contractions must not run in bf16/fp16
-        y = _SelectiveScan.apply(*(cast(t) for t in (u, delta, A, B, C, D, delta_bias)), delta_softplus)
+        args = [cast(t) for t in (u, delta, A, B, C, D, delta_bias)]
+        y = scan_kernel.kernel_scan(*args, delta_softplus) if impl == "cpu" else _SelectiveScan.apply(*args, delta_softplus)
         if z is not None:
             y = y * F.silu(z.to(cdt))
     return y.to(u.dtype)
