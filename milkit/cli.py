@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import hydra
 from omegaconf import DictConfig
+from omegaconf.errors import MissingMandatoryValue
 
 from milkit.errors import MILKitError
 
@@ -22,26 +23,39 @@ __all__ = ["CONF_DIR", "hydra_entry", "run_safely", "train_main", "eval_main", "
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
-def _milkit_cause(exc: BaseException) -> MILKitError | None:
-    """The ``MILKitError`` behind ``exc`` (Hydra wraps errors raised while instantiating ``_target_``s)."""
+def _milkit_cause(exc: BaseException) -> BaseException | None:
+    """The ``MILKitError`` (or missing config value) behind ``exc`` (Hydra wraps errors raised while instantiating ``_target_``s)."""
     seen = set()
     while exc is not None and id(exc) not in seen:
-        if isinstance(exc, MILKitError):
+        if isinstance(exc, (MILKitError, MissingMandatoryValue)):
             return exc
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None
 
 
+def _one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line. An error raised in a DataLoader worker comes back re-raised with the
+    worker's traceback in its message; its last line is ``module.Class: message``."""
+    if isinstance(exc, MissingMandatoryValue):
+        return f"config key '{exc.full_key}' has no value; set it on the command line ({exc.full_key}=...)"
+    msg = str(exc).strip()
+    if "Original Traceback" in msg:
+        last = msg.splitlines()[-1]
+        msg = last.split(": ", 1)[1] if ": " in last and "." in last.split(": ", 1)[0] else last
+    return " ".join(msg.split("\n")[0].split())
+
+
 def run_safely(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
-    """Call ``fn(cfg)``; turn a ``MILKitError`` into one line on stderr and exit status 2."""
+    """Call ``fn(cfg)``; turn a ``MILKitError`` (also one raised in a DataLoader worker) or a missing mandatory
+    config value into one line on stderr and exit status 2."""
     try:
         return fn(cfg)
     except Exception as e:
         cause = _milkit_cause(e)
         if cause is None:
             raise
-        print(f"milkit: error: {cause}", file=sys.stderr)
+        print(f"milkit: error: {_one_line(cause)}", file=sys.stderr)
         sys.exit(2)
 
 

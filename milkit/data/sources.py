@@ -79,11 +79,13 @@ class FeatureDirSource(BagSource):
             ``slide_id`` when absent.
         label_map: ``{name: index}``, list of names, or None (sorted unique labels).
         cache: keep loaded bags in RAM after the first read.
+        validate: read every file once before training, so that NaN/inf, a features/coords row mismatch or an
+            empty bag fails with the file's name before any fold trains (False: checked when a bag is loaded).
     """
 
     def __init__(self, feature_dir: str | Path, cohort_csv: str | Path,
                  label_map: Mapping[str, int] | Sequence[str] | None = None, cache: bool = False,
-                 name: str | None = None) -> None:
+                 name: str | None = None, validate: bool = True) -> None:
         self.feature_dir, self.cohort_csv = Path(feature_dir), Path(cohort_csv)
         self.name = name or self.feature_dir.name
         self.cache = cache
@@ -112,6 +114,9 @@ class FeatureDirSource(BagSource):
             by_dim = {m["dim"]: b for b, m in self._meta.items()}
             raise DataError(f"{self.feature_dir}: feature files disagree on D: {by_dim}")
         self.in_dim = dims.pop()
+        if validate:
+            for bag_id in self.records["bag_id"]:
+                self.load(bag_id)  # raises DataError naming the file; kept in RAM when cache=True
 
     def _find(self, slide_id: str) -> Path:
         for suffix in FEATURE_SUFFIXES:

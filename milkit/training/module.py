@@ -106,8 +106,24 @@ class MILLitModule(L.LightningModule):
                                           **{f"prob_{c}": float(p) for c, p in enumerate(res["probs"][i])}})
 
     def on_test_epoch_end(self) -> None:
+        if self.trainer.world_size > 1:
+            self._gather_test_predictions()
         self.log_dict(self.test_metrics.compute(), sync_dist=True)
         self.test_metrics.reset()
+
+    def _gather_test_predictions(self) -> None:
+        """Under DDP every rank saw a share of the test bags, and the distributed sampler repeats bags to even
+        the shares out. Gather all predictions, keep each bag once, and recompute the metrics from them on every
+        rank (the metric states are then synced across ranks: the same set repeated world_size times, which
+        leaves AUROC, accuracy, balanced accuracy and F1 unchanged)."""
+        shares: list[list[dict[str, Any]]] = [[] for _ in range(self.trainer.world_size)]
+        torch.distributed.all_gather_object(shares, self.test_predictions)
+        unique = {row["bag_id"]: row for share in shares for row in share}
+        self.test_predictions = sorted(unique.values(), key=lambda r: str(r["bag_id"]))
+        probs = torch.tensor([[v for k, v in r.items() if k.startswith("prob_")] for r in self.test_predictions])
+        labels = torch.tensor([r["label"] for r in self.test_predictions])
+        self.test_metrics.reset()
+        self.test_metrics.update(probs.to(self.device), labels.to(self.device))
 
     def predict_step(self, batch: BagBatch, batch_idx: int) -> dict[str, Any]:
         out = self.method.eval_forward(self.model, batch)

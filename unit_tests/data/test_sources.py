@@ -1,7 +1,10 @@
 """Bag sources: feature directories with a cohort CSV, classic MIL sets, synthetic bags."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
+
+import numpy as np
 
 import pandas as pd
 import pytest
@@ -55,6 +58,40 @@ def test_inconsistent_dims(tmp_path: Path) -> None:
     write_h5(fdir / "s2.h5", d=5)
     with pytest.raises(DataError, match="feature files disagree on D"):
         FeatureDirSource(fdir, csv)
+
+
+@pytest.mark.parametrize("bad, cause", [
+    (lambda p: write_h5(p, features=np.full((4, 8), np.nan, np.float32)), "features contain NaN or inf in 4 of 4 rows"),
+    (lambda p: write_h5(p, n=6, coords_rows=5), "'coords' has 5 rows but 'features' has 6"),
+    (lambda p: write_h5(p, n=0), "empty bag"),
+])
+def test_bad_feature_files_fail_before_training(tmp_path: Path, bad, cause) -> None:
+    fdir, csv = make_cohort(tmp_path)
+    bad(fdir / "s3.h5")
+    with pytest.raises(DataError, match=f"s3.h5: {re.escape(cause)}"):
+        FeatureDirSource(fdir, csv)
+    src = FeatureDirSource(fdir, csv, validate=False)  # opt-out: found when the bag is loaded
+    with pytest.raises(DataError, match="s3.h5"):
+        src.load("s3")
+
+
+def test_clam_layouts_are_found_and_read(tmp_path: Path) -> None:
+    """CLAM writes h5_files/<id>.h5 (features (N, D) or (1, N, D), no attributes) and pt_files/<id>.pt."""
+    fdir, csv = make_cohort(tmp_path, n=4)
+    for i in range(4):
+        (fdir / f"s{i}.h5").unlink()
+    (fdir / "h5_files").mkdir()
+    (fdir / "pt_files").mkdir()
+    feats = np.random.default_rng(0).standard_normal((7, 8)).astype(np.float32)
+    write_h5(fdir / "h5_files" / "s0.h5", features=feats[None], attrs=False, coords=False)
+    write_h5(fdir / "h5_files" / "s1.h5", n=3, attrs=False)
+    torch.save(torch.from_numpy(feats), fdir / "pt_files" / "s2.pt")
+    torch.save(torch.from_numpy(feats[:2]), fdir / "pt_files" / "s3.pt")
+    src = FeatureDirSource(fdir, csv)
+    assert src.in_dim == 8 and src.path("s0").parent.name == "h5_files" and src.path("s2").suffix == ".pt"
+    np.testing.assert_array_equal(src.load("s0").features.numpy(), feats)  # (1, N, D) squeezed
+    np.testing.assert_array_equal(src.load("s2").features.numpy(), feats)
+    assert src.load("s1").coords.shape == (3, 2) and src.load("s0").coords is None
 
 
 def test_classic_datasets() -> None:

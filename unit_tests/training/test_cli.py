@@ -7,9 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import torch
+from omegaconf import OmegaConf
 
 from milkit.cli import run_safely
+from milkit.errors import DataError
 from milkit.training.train import train
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,9 +54,43 @@ def test_multirun_sweep(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(300)
 def test_ddp_with_two_cpu_processes(tmp_path: Path) -> None:
-    res = run([*FAST, "trainer=ddp_cpu", "data.source.n_bags=36"], tmp_path)
+    res = run([*FAST, "trainer=ddp_cpu", "data.source.n_bags=33",
+               "data.source.bags_per_case=1"], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     (result,) = tmp_path.glob("train/runs/*/results.json")
     row = json.loads(result.read_text())["folds"][0]
     assert {"test/auroc", "test/acc", "test/bacc", "test/f1"} <= set(row)
     assert (result.parent / "fold0" / "checkpoints" / "best.ckpt").exists()
+    # every test bag exactly once (both ranks' shares, the sampler's padding removed), and the logged accuracy
+    # is that of these predictions
+    splits = pd.read_csv(result.parent / "splits.csv", dtype={"bag_id": str})
+    test_ids = sorted(splits.query("fold == 0 and split == 'test'")["bag_id"])
+    preds = pd.read_csv(result.parent / "fold0" / "test_predictions.csv", dtype={"bag_id": str})
+    assert len(test_ids) % 2 == 1 and sorted(preds["bag_id"]) == test_ids
+    acc = (preds[["prob_0", "prob_1"]].to_numpy().argmax(1) == preds["label"].to_numpy()).mean()
+    assert row["test/acc"] == pytest.approx(acc, abs=1e-6)
+
+
+class _BadDataset(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, i: int):
+        raise DataError("/x/s3.h5: features contain NaN or inf in 1 of 3 rows")
+
+
+def test_errors_raised_in_dataloader_workers_stay_one_line(capsys) -> None:
+    loader = torch.utils.data.DataLoader(_BadDataset(), num_workers=1)
+    with pytest.raises(SystemExit) as info:
+        run_safely(lambda cfg: next(iter(loader)), OmegaConf.create())
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "milkit: error: /x/s3.h5: features contain NaN or inf in 1 of 3 rows"]
+
+
+def test_a_missing_mandatory_value_is_one_line(capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        run_safely(lambda cfg: cfg.data.source.feature_dir, OmegaConf.create({"data": {"source": {"feature_dir": "???"}}}))
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'data.source.feature_dir' has no value" in err[0]
