@@ -97,7 +97,7 @@ class MambaMIL(MILModel):
         dropout: dropout after the input projection (0 for subtyping, 0.25 for survival upstream).
         attn_dim: hidden width of the attention pool (128).
         init: ``"mamba"`` (standard Mamba init in the mixers) or ``"upstream"`` (see the module docstring).
-        scan_impl: selective-scan backend, ``"auto" | "ref" | "cuda"``.
+        scan_impl: selective-scan backend, ``"auto" | "cpu" | "ref" | "cuda"``.
     """
 
     def __init__(self, in_dim: int, num_classes: int, mixer: str = "sr", rate: int = 10, embed_dim: int = 512,
