@@ -112,6 +112,17 @@ class TransMIL(MILModel):
         scores = attention[self.score_layer].mean(1)
         return BagFeatures(bag_embedding=z, instance_scores=scores, extras={"attention": attention})
 
+    def instance_contributions(self, h: Tensor, mask: Tensor, feats: BagFeatures) -> Tensor:
+        """Per-instance share of the first layer's cls output, ``(B, N, D)``: the cls token's attention to each
+        instance times that instance's values, per head, through the layer's output projection (MHIM-MIL v2's
+        class-aware score for TransMIL, ``get_pseudo_score_trans``; classified by the head afterwards). Values
+        are per token, so they are recomputed from ``h`` without another attention pass."""
+        attn = feats.extras["attention"][0].masked_fill(~mask[:, None], 0.0)  # (B, H, N)
+        layer = self.layer1.attn
+        x = self.layer1.norm(h).masked_fill(~mask.unsqueeze(-1), 0.0)
+        v = layer.to_qkv(x).unflatten(-1, (3, layer.heads, layer.dim_head))[:, :, 2]  # (B, N, H, d)
+        return layer.to_out((attn.transpose(1, 2).unsqueeze(-1) * v).flatten(2))
+
 
 _TINY = {"dim": 16, "heads": 2, "n_landmarks": 4, "residual_kernel": 3}
 

@@ -183,6 +183,38 @@ def test_class_aware_score_for_attention_pooling() -> None:
         assert ((scores[batch.mask] >= (0.5 if c == 1 else 1 / 3)) & (scores[batch.mask] <= 1)).all()
 
 
+def test_class_aware_score_for_mambamil_uses_the_pooled_features() -> None:
+    model, method = make(tiny("mambamil"), score="class_aware")
+    method.eval()
+    batch = padded_batch([9, 5])
+    scores, _ = method.teacher_view(batch)
+    t = method.teacher
+    feats = t.aggregate(t.embed(batch.x), batch.mask)
+    shares = t.instance_contributions(None, batch.mask, feats)
+    torch.testing.assert_close(shares.sum(1), feats.bag_embedding)  # the shares add up to the bag embedding
+    torch.testing.assert_close(scores[batch.mask], class_probability(t.head(shares))[batch.mask])
+    model.train()
+    assert torch.isfinite(method.training_step(model, batch, CTX).loss)
+
+
+def test_class_aware_score_for_transmil_follows_the_first_layer_values() -> None:
+    """v2's TransMIL score: layer-1 cls attention × per-head values → to_out → head; padding changes nothing."""
+    model, method = make(tiny("transmil"), score="class_aware")
+    method.eval()
+    batch = padded_batch([9, 5])
+    scores, _ = method.teacher_view(batch)
+    t = method.teacher
+    h = t.embed(batch.x[:1, :9])
+    feats = t.aggregate(h, batch.mask[:1, :9])
+    a = feats.extras["attention"][0][0]  # (H, N) of the first bag alone
+    attn = t.layer1.attn
+    v = attn.to_qkv(t.layer1.norm(h[0]))[:, 2 * attn.heads * attn.dim_head:].view(9, attn.heads, attn.dim_head)
+    manual = class_probability(t.head(attn.to_out((a.T.unsqueeze(-1) * v).flatten(1))))
+    torch.testing.assert_close(scores[0, :9], manual, rtol=1e-4, atol=1e-5)
+    model.train()
+    assert torch.isfinite(method.training_step(model, batch, CTX).loss)
+
+
 def test_class_aware_score_needs_a_decomposable_model() -> None:
     model, method = make(tiny("mean"), score="class_aware")
     with pytest.raises(ConfigError, match="method.score=class_aware: PoolingMIL is not attention pooling"):
