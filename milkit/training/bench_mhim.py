@@ -5,7 +5,7 @@
 on CPU). A step is the method's ``training_step`` (teacher forward, masks, student forward, losses) plus
 ``backward`` and the teacher's EMA update; an epoch costs the sum of its bags' steps. Models and methods come
 from the experiment overlays (``mhim_<model>_baseline`` for supervised, ``mhim_<model>`` for MHIM v1,
-``method=mhim_v2`` for v2; TransMIL's v2 uses ``score=attention``).
+``method=mhim_v2`` for v2, with its class-aware score).
 
 ``auc``: per seed, the two-stage run (baseline, then MHIM v1 and v2 with each fold's baseline as the teacher)
 through ``train(cfg)`` on a milkit dataset; test AUC mean over folds, then mean ± std over seeds.
@@ -51,8 +51,7 @@ def method_overrides(model: str, method: str) -> list[str]:
         return [f"experiment=mhim_{model}_baseline"]
     if method == "mhim":
         return [f"experiment=mhim_{model}", "method.teacher_init=null"]
-    return [f"experiment=mhim_{model}_baseline", "method=mhim_v2"] + (["method.score=attention"]
-                                                                      if model == "transmil" else [])
+    return [f"experiment=mhim_{model}_baseline", "method=mhim_v2"]
 
 
 class MethodStep(nn.Module):
