@@ -52,3 +52,22 @@ def test_every_option_of_simple_groups_composes(group: str, tmp_path: Path) -> N
     for option in sorted(p.stem for p in (CONF / group).glob("*.yaml")):
         cfg = compose_cfg([f"{group}={option}"], tmp_path)
         assert group in cfg
+
+
+@pytest.mark.parametrize("option, kinds", [("csv", ["CSVLogger"]), ("tensorboard", ["TensorBoardLogger"]),
+                                           ("many", ["CSVLogger", "TensorBoardLogger"]), ("none", [])])
+def test_logger_options_build_their_loggers(option: str, kinds: list[str], tmp_path: Path) -> None:
+    cfg = compose_cfg([f"logger={option}"], tmp_path)
+    loggers = [instantiate(lg, save_dir=str(tmp_path), name="fold0", version="")
+               for lg in (cfg.get("logger") or {}).values() if lg is not None and "_target_" in lg]
+    assert sorted(type(lg).__name__ for lg in loggers) == kinds
+
+
+@pytest.mark.parametrize("option, expected", [
+    ("cpu", {"accelerator": "cpu"}), ("gpu", {"accelerator": "gpu", "devices": 1}),
+    ("ddp", {"accelerator": "gpu", "strategy": "ddp", "devices": -1, "num_nodes": 1}),
+    ("ddp_cpu", {"accelerator": "cpu", "strategy": "ddp", "devices": 2})])
+def test_trainer_options_say_what_they_run_on(option: str, expected: dict, tmp_path: Path) -> None:
+    trainer = compose_cfg([f"trainer={option}"], tmp_path).trainer
+    assert {k: trainer.get(k) for k in expected} == expected
+    assert trainer.max_epochs >= trainer.min_epochs >= 1
