@@ -32,7 +32,6 @@ from milkit.errors import ConfigError
 from milkit.models import register_model
 from milkit.models.base import MILModel
 from milkit.models.layers import AttentionPool, InstanceMLP
-from milkit.models.layers.masked import masked_softmax
 from milkit.models.layers.mamba import DualMamba, Mamba
 from milkit.types import BagFeatures
 
@@ -147,12 +146,8 @@ class MambaMIL(MILModel):
             h = h + (mixer(norm(h)) if orders is None else mixer(norm(h), *orders))
         h = self.norm(h).masked_fill(~mask.unsqueeze(-1), 0.0)
         z, logits = self.pool(h, mask)
+        # the pool sees the post-Mamba features, not the aggregate's input (used by MHIM's class-aware score)
         return BagFeatures(bag_embedding=z, instance_scores=logits, extras={"pooled_instances": h})
-
-    def instance_contributions(self, h: Tensor, mask: Tensor, feats: BagFeatures) -> Tensor:
-        """``a_i · h_i`` of the pooled (post-Mamba) features, ``(B, N, E)``: their sum is the bag embedding
-        (MHIM-MIL v2's class-aware score; the pre-Mamba ``h`` is not what the pool sees)."""
-        return masked_softmax(feats.instance_scores, mask).unsqueeze(-1) * feats.extras["pooled_instances"]
 
     def config(self) -> dict:
         return {**super().config(), "mixer": self.mixer, "rate": self.rate}

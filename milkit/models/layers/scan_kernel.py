@@ -110,6 +110,13 @@ def _run(fn: Any, ranges: list[tuple[int, int]], args: list[Any], per_range: lis
         list(pool.map(lambda i: fn(*args, *ranges[i], *per_range[i]), range(len(ranges))))
 
 
+def _common(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, bias: Tensor | None,
+            softplus: bool) -> list[Any]:
+    """The arguments ``scan_fwd`` and ``scan_bwd`` share (pointers, flag, sizes, checkpoint interval)."""
+    bsz, length, d = u.shape
+    return [_ptr(t) for t in (u, delta, A, B, C, D, bias)] + [int(softplus), bsz, length, d, A.shape[1], _BLOCK]
+
+
 class _KernelScan(torch.autograd.Function):
     """Time-major inputs: ``u, delta (B, L, D)``, ``A (D, N)``, ``B, C (B, L, N)``, ``D, bias (D,)``; float32."""
 
@@ -117,11 +124,10 @@ class _KernelScan(torch.autograd.Function):
     def forward(ctx: Any, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
                 bias: Tensor | None, softplus: bool) -> Tensor:
         bsz, length, d = u.shape
-        n = A.shape[1]
         y = torch.empty_like(u)
-        ckpt = u.new_empty(bsz, -(-length // _BLOCK), d, n)
+        ckpt = u.new_empty(bsz, -(-length // _BLOCK), d, A.shape[1])
         ranges = _ranges(d)
-        common = [_ptr(t) for t in (u, delta, A, B, C, D, bias)] + [int(softplus), bsz, length, d, n, _BLOCK]
+        common = _common(u, delta, A, B, C, D, bias, softplus)
         _run(_lib().scan_fwd, ranges, common, [[y.data_ptr(), ckpt.data_ptr()]] * len(ranges))
         ctx.save_for_backward(u, delta, A, B, C, D, bias, ckpt)
         ctx.softplus = softplus
@@ -130,15 +136,13 @@ class _KernelScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, gy: Tensor) -> tuple[Tensor | None, ...]:
         u, delta, A, B, C, D, bias, ckpt = ctx.saved_tensors
-        bsz, length, d = u.shape
         gy = gy.float().contiguous()
         gu, gdelta, gA = torch.empty_like(u), torch.empty_like(u), torch.empty_like(A)
         gD = None if D is None else torch.empty_like(D)
         gbias = None if bias is None else torch.empty_like(bias)
-        ranges = _ranges(d)
+        ranges = _ranges(u.shape[2])
         gBC = B.new_zeros(len(ranges), 2, *B.shape)  # per-thread dB, dC
-        common = [_ptr(t) for t in (u, delta, A, B, C, D, bias)] + [int(ctx.softplus), bsz, length, d, A.shape[1],
-                                                                     _BLOCK]
+        common = _common(u, delta, A, B, C, D, bias, ctx.softplus)
         outs = [[gy.data_ptr(), ckpt.data_ptr()] + [_ptr(t) for t in (gu, gdelta, gA, gBC[i, 0], gBC[i, 1], gD, gbias)]
                 for i in range(len(ranges))]
         _run(_lib().scan_bwd, ranges, common, outs)

@@ -14,9 +14,10 @@ Works with any registered model that returns instance scores. Scores used for ma
 * ``class_aware`` (v2): ``s_i = max_c p(c | instance i)``, the classifier applied to the instance alone:
   ``softmax(extras["instance_logits"])``, or the head applied to ``extras["instance_contributions"]`` or to
   the model's ``instance_contributions(h, mask, feats)`` (a model's per-instance shares of its bag embedding:
-  TransMIL's layer-1 cls attention × values through ``to_out``, as upstream's ``get_pseudo_score_trans``;
-  MambaMIL's ``a_i·h_i`` after the Mamba layers), or, for attention pooling, to ``a_i·h_i`` (checked once that
-  ``Σ_i a_i·h_i`` is the bag embedding). ``C = 1``: ``max(σ, 1-σ)``.
+  TransMIL's layer-1 cls attention × values through ``to_out``, as upstream's ``get_pseudo_score_trans``),
+  or, for attention pooling, to ``a_i·h_i`` with ``h`` = ``extras["pooled_instances"]`` when the model pools
+  other features than its aggregate's input (MambaMIL: after the Mamba layers), checked once that ``Σ_i a_i·h_i``
+  is the bag embedding). ``C = 1``: ``max(σ, 1-σ)``.
 
 Deliberate deviations from the upstream code (DearCaat/MHIM-MIL), following the paper where they differ:
 
@@ -179,12 +180,13 @@ class MHIM(TrainingMethod):
         if feats.extras.get("instance_logits") is not None:
             return class_probability(feats.extras["instance_logits"])
         shares = feats.extras.get("instance_contributions")
-        if shares is None and hasattr(self.teacher, "instance_contributions"):  # e.g. TransMIL, MambaMIL
+        if shares is None and hasattr(self.teacher, "instance_contributions"):  # e.g. TransMIL
             shares = self.teacher.instance_contributions(h, mask, feats)
         if shares is None:
             if feats.instance_scores is None:
                 raise ConfigError("method.score=class_aware needs a model that returns instance scores")
-            shares = masked_softmax(feats.instance_scores, mask).unsqueeze(-1) * h  # a_i·h_i  (B, N, E)
+            seen = feats.extras.get("pooled_instances", h)  # what the pool saw (MambaMIL: post-Mamba)
+            shares = masked_softmax(feats.instance_scores, mask).unsqueeze(-1) * seen  # a_i·h_i  (B, N, E)
             if not self._pooling_checked:
                 pooled = shares.sum(1)
                 # loose enough for bf16 autocast; a model that is not attention pooling is far off
