@@ -129,21 +129,20 @@ class MambaMIL(MILModel):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
-    def token_order(self, mask: Tensor) -> tuple[Tensor, Tensor] | None:
-        """The second branch's token order and its inverse, ``(B, N)`` each (None for plain Mamba)."""
+    def token_order(self, mask: Tensor) -> Tensor | None:
+        """The second branch's token order, ``(B, N)`` (None for plain Mamba)."""
         if self.mixer == "mamba":
             return None
         lengths = mask.sum(dim=1)
         n = mask.shape[1]
-        order = sr_order(lengths, n, self.rate) if self.mixer == "sr" else flip_order(lengths, n)
-        return order, invert_order(order)
+        return sr_order(lengths, n, self.rate) if self.mixer == "sr" else flip_order(lengths, n)
 
     def aggregate(self, h: Tensor, mask: Tensor, coords: Tensor | None = None) -> BagFeatures:
         # Right padding and causal scans: real tokens never see padded ones; zeroing keeps pads finite.
         h = h.masked_fill(~mask.unsqueeze(-1), 0.0)
-        orders = self.token_order(mask)
+        order = self.token_order(mask)
         for norm, mixer in self.layers:
-            h = h + (mixer(norm(h)) if orders is None else mixer(norm(h), *orders))
+            h = h + (mixer(norm(h)) if order is None else mixer(norm(h), order))
         h = self.norm(h).masked_fill(~mask.unsqueeze(-1), 0.0)
         z, logits = self.pool(h, mask)
         # the pool sees the post-Mamba features, not the aggregate's input (used by MHIM's class-aware score)

@@ -84,10 +84,8 @@ def main() -> None:
     ap = bench_parser(__doc__.splitlines()[0])
     ap.add_argument("--loop-max", type=int, default=10000, help="largest N for the unbind loop")
     ap.add_argument("--index-max", type=int, default=1000, help="largest N for the per-step-indexing loop")
-    ap.set_defaults(repeats=None)
     args = ap.parse_args()
     cuda = args.device.startswith("cuda")
-    args.repeats = args.repeats or (3 if cuda else 1)
     kw = step_kwargs(args)
     if cuda:
         print(f"device: {torch.cuda.get_device_name()}")

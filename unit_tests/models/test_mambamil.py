@@ -83,6 +83,12 @@ def test_mamba_block_equals_its_definition():
     torch.testing.assert_close(block(h), block.out_proj(y.mT))
 
 
+def scan_branch(block, x, conv, x_proj, dt_proj, A_log, D):
+    """One branch from PyTorch ops only: conv (torch path) → SiLU → x_proj → scan (no gate)."""
+    u = causal_depthwise_conv1d(x, conv.weight, conv.bias, silu=True, impl="torch")
+    return block.ssm(u, x_proj, dt_proj, A_log, D)
+
+
 def test_dual_mamba_with_identity_order_is_two_forward_branches():
     torch.manual_seed(2)
     block = DualMamba(16, d_state=4)
@@ -94,8 +100,8 @@ def test_dual_mamba_with_identity_order_is_two_forward_branches():
     h = torch.randn(1, 10, 16)
     ident = torch.arange(10).unsqueeze(0)
     x, z = block.in_proj(h).chunk(2, dim=-1)
-    y = block.scan_branch(x, block.conv1d, block.x_proj, block.dt_proj, block.A_log, block.D)
-    torch.testing.assert_close(block(h, ident, ident), block.out_proj(2 * y * F.silu(z)))
+    y = scan_branch(block, x, block.conv1d, block.x_proj, block.dt_proj, block.A_log, block.D)
+    torch.testing.assert_close(block(h, ident), block.out_proj(2 * y * F.silu(z)))
     with pytest.raises(ValueError, match="needs the token order"):
         block(h)
 
@@ -103,7 +109,7 @@ def test_dual_mamba_with_identity_order_is_two_forward_branches():
 def test_sr_mixer_in_the_model_is_upstreams_reorder_scan_restore():
     """Upstream SRMamba for N % R == 0: scan x, and scan ``rearrange(x, "b (k w) d -> b (w k) d")`` then put it
     back with the inverse rearrangement; both branches summed, gated, projected. The model's own token order
-    must wire exactly that (swapping the order and its inverse gives another result)."""
+    must wire exactly that (the inverse order in its place gives another result)."""
     torch.manual_seed(3)
     model = MambaMIL(8, 2, mixer="sr", embed_dim=16, d_state=4, rate=3)
     block = model.layers[0][1]
@@ -113,12 +119,12 @@ def test_sr_mixer_in_the_model_is_upstreams_reorder_scan_restore():
     fwd = lambda t: t.view(2, k, r, -1).transpose(1, 2).reshape(2, 12, -1)  # noqa: E731  b (k w) d -> b (w k) d
     back = lambda t: t.view(2, r, k, -1).transpose(1, 2).reshape(2, 12, -1)  # noqa: E731  b (w k) d -> b (k w) d
     x, z = block.in_proj(h).chunk(2, dim=-1)
-    y_f = block.scan_branch(x, block.conv1d, block.x_proj, block.dt_proj, block.A_log, block.D)
-    y_r = block.scan_branch(fwd(x), block.conv1d_b, block.x_proj_b, block.dt_proj_b, block.A_b_log, block.D_b)
+    y_f = scan_branch(block, x, block.conv1d, block.x_proj, block.dt_proj, block.A_log, block.D)
+    y_r = scan_branch(block, fwd(x), block.conv1d_b, block.x_proj_b, block.dt_proj_b, block.A_b_log, block.D_b)
     want = block.out_proj((y_f + back(y_r)) * F.silu(z))
-    order, inverse = model.token_order(mask)
-    torch.testing.assert_close(block(h, order, inverse), want)
-    assert not torch.allclose(block(h, inverse, order), want)
+    order = model.token_order(mask)
+    torch.testing.assert_close(block(h, order), want)
+    assert not torch.allclose(block(h, invert_order(order)), want)
 
 
 def upstream_order(length: int, rate: int) -> list[int]:

@@ -167,7 +167,7 @@ def test_ref_scan_matches_mamba_ssm_kernels(length):
 
 
 # ---- milkit's C kernel on the CPU (impl="cpu") ----
-from milkit.models.layers import scan_kernel  # noqa: E402
+from milkit.models.layers import cpu_kernels, scan_kernel  # noqa: E402
 
 needs_kernel = pytest.mark.skipif(not scan_kernel.available(), reason="no C compiler to build the CPU scan kernel")
 
@@ -196,8 +196,8 @@ def test_cpu_kernel_threads_split_channels(monkeypatch):
     inputs = make_inputs(2, 40, 16, 50, seed=5)
     one = selective_scan(**inputs, delta_softplus=True, impl="cpu")
     g_one = grads(one, inputs)
-    monkeypatch.setattr(scan_kernel.torch, "get_num_threads", lambda: 3)
-    assert scan_kernel._ranges(40) == [(0, 16), (16, 32), (32, 40)]
+    monkeypatch.setattr(cpu_kernels.torch, "get_num_threads", lambda: 3)
+    assert cpu_kernels.ranges(40, 16) == [(0, 16), (16, 32), (32, 40)]
     three = selective_scan(**inputs, delta_softplus=True, impl="cpu")
     torch.testing.assert_close(three, one, rtol=0, atol=0)
     for a, b in zip(grads(three, inputs), g_one):
@@ -221,7 +221,7 @@ def test_cpu_kernel_optional_arguments_match_the_pytorch_scan():
 
 def test_cpu_kernel_can_be_switched_off(monkeypatch):
     monkeypatch.setenv("MILKIT_SCAN_KERNEL", "0")
-    scan_kernel._lib.cache_clear()
+    cpu_kernels.lib.cache_clear()
     try:
         assert not scan_kernel.available()
         inputs = make_inputs(1, 4, 4, 9)
@@ -229,4 +229,4 @@ def test_cpu_kernel_can_be_switched_off(monkeypatch):
             selective_scan(**inputs, impl="cpu")
         assert_matches_reference(inputs, impl="auto")  # falls back to the PyTorch scan
     finally:
-        scan_kernel._lib.cache_clear()
+        cpu_kernels.lib.cache_clear()

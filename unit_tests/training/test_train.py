@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 import torch
 
-from milkit.data.bag import collate_bags
 from milkit.errors import ConfigError
 from milkit.training.checkpoint import load_checkpoint
 from milkit.training.train import train

@@ -11,8 +11,9 @@ out_proj.weight``). ``DualMamba`` adds a second scan branch with its own ``*_b``
 MambaMIL's ``SRMamba``/``BiMamba``) that reads the tokens in another order; both branches share ``in_proj``,
 the gate ``z`` and ``out_proj`` and are summed before ``out_proj``.
 
-The depthwise convolution is :func:`~milkit.models.layers.causal_conv.causal_depthwise_conv1d` (shifted
-multiply-adds with a hand-written backward; oneDNN's grouped ``conv1d`` backward is very slow on CPU).
+The depthwise convolution (:func:`~milkit.models.layers.causal_conv.causal_depthwise_conv1d`, which also reads the
+second branch's tokens in its order) and the gate (:func:`~milkit.models.layers.gate.gated_sum`) run as fused C
+kernels on the CPU and as PyTorch ops elsewhere; the scan is :func:`~milkit.models.layers.selective_scan.selective_scan`.
 """
 from __future__ import annotations
 
@@ -22,17 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from milkit.models.layers.causal_conv import causal_depthwise_conv1d
+from milkit.models.layers.causal_conv import causal_conv_branches, causal_depthwise_conv1d, permute_tokens
+from milkit.models.layers.gate import gated_sum
 from milkit.models.layers.selective_scan import selective_scan
 
 __all__ = ["Mamba", "DualMamba", "permute_tokens"]
-
-
-def permute_tokens(x: Tensor, order: Tensor) -> Tensor:
-    """``out[b, i] = x[b, order[b, i]]`` for ``x (B, L, C)`` and ``order (B, L)`` long."""
-    if order.shape[0] == 1:
-        return x.index_select(1, order[0])
-    return torch.gather(x, 1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
 def _dt_bias(d_inner: int, dt_min: float, dt_max: float, floor: float) -> Tensor:
@@ -93,28 +88,31 @@ class Mamba(nn.Module):
             if isinstance(m, nn.Linear) and getattr(m.bias, "_no_reinit", False):
                 m.bias.copy_(bias)
 
-    def scan_branch(self, x: Tensor, conv: nn.Conv1d, x_proj: nn.Linear, dt_proj: nn.Linear, A_log: Tensor,
-                    D: Tensor) -> Tensor:
-        """conv → SiLU → x_proj → selective scan (with the D skip, without the gate): ``(B, L, d_inner)``."""
-        x = causal_depthwise_conv1d(x, conv.weight, conv.bias, silu=True)
-        dt, B, C = x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+    def ssm(self, u: Tensor, x_proj: nn.Linear, dt_proj: nn.Linear, A_log: Tensor, D: Tensor,
+            out_order: Tensor | None = None) -> Tensor:
+        """x_proj → selective scan (with the D skip, without the gate) of the conv's output ``u (B, L, d_inner)``;
+        ``out_order``: step t's output goes to position ``out_order[:, t]``."""
+        dt, B, C = x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt, dt_proj.weight)  # the bias enters the scan as delta_bias, as in mamba_inner_fn
-        y = selective_scan(x.mT, delta.mT, -torch.exp(A_log.float()), B.mT, C.mT, D.float(),
-                           delta_bias=dt_proj.bias.float(), delta_softplus=True, impl=self.scan_impl)
+        y = selective_scan(u.mT, delta.mT, -torch.exp(A_log.float()), B.mT, C.mT, D.float(),
+                           delta_bias=dt_proj.bias.float(), delta_softplus=True, impl=self.scan_impl,
+                           out_order=out_order)
         return y.mT
 
     def forward(self, hidden: Tensor) -> Tensor:
         x, z = self.in_proj(hidden).chunk(2, dim=-1)
-        y = self.scan_branch(x, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
-        return self.out_proj(y * F.silu(z))
+        u = causal_depthwise_conv1d(x, self.conv1d.weight, self.conv1d.bias, silu=True)
+        y = self.ssm(u, self.x_proj, self.dt_proj, self.A_log, self.D)
+        return self.out_proj(gated_sum(y, z))
 
 
 class DualMamba(Mamba):
     """Two-branch Mamba mixer (MambaMIL's SR-Mamba and Bi-Mamba): ``out_proj((y_f + ψ⁻¹(y_r)) ⊙ SiLU(z))``.
 
     ``y_f`` scans the tokens in their order; ``y_r`` scans them in ``order`` (``(B, L)`` long, a permutation
-    per bag) with its own ``conv1d_b, x_proj_b, dt_proj_b, A_b_log, D_b``, and is put back with ``inverse``.
-    Gating after the inverse equals MambaMIL's gating of the permuted ``z``, since the gate is per token.
+    per bag) with its own ``conv1d_b, x_proj_b, dt_proj_b, A_b_log, D_b``; its scan writes step ``t`` back at
+    token ``order[:, t]`` (ψ⁻¹). Gating after the inverse equals MambaMIL's gating of the permuted ``z``, since the
+    gate is per token.
     """
 
     def __init__(self, d_model: int, **kw) -> None:
@@ -122,11 +120,13 @@ class DualMamba(Mamba):
         self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b = self._branch(self.conv1d.bias is not None)
         self.reset_dt_bias()
 
-    def forward(self, hidden: Tensor, order: Tensor | None = None, inverse: Tensor | None = None) -> Tensor:
-        if order is None or inverse is None:
-            raise ValueError("DualMamba needs the token order of its second branch and its inverse")
+    def forward(self, hidden: Tensor, order: Tensor | None = None) -> Tensor:
+        if order is None:
+            raise ValueError("DualMamba needs the token order of its second branch")
         x, z = self.in_proj(hidden).chunk(2, dim=-1)
-        y = self.scan_branch(x, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
-        y_r = self.scan_branch(permute_tokens(x, order), self.conv1d_b, self.x_proj_b, self.dt_proj_b,
-                               self.A_b_log, self.D_b)
-        return self.out_proj((y + permute_tokens(y_r, inverse)) * F.silu(z))
+        u, u_r = causal_conv_branches(x, [(self.conv1d.weight, self.conv1d.bias, None),
+                                          (self.conv1d_b.weight, self.conv1d_b.bias, order)], silu=True)
+        y = self.ssm(u, self.x_proj, self.dt_proj, self.A_log, self.D)
+        # the reordered scan writes its output back in the tokens' order
+        y_r = self.ssm(u_r, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b, out_order=order)
+        return self.out_proj(gated_sum(y, z, y_r))

@@ -59,11 +59,15 @@ def mamba_ssm_available() -> bool:
 
 def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
                    z: Tensor | None = None, delta_bias: Tensor | None = None, delta_softplus: bool = False,
-                   impl: str = "auto") -> Tensor:
+                   impl: str = "auto", out_order: Tensor | None = None) -> Tensor:
     """Selective scan with mamba-ssm's ``selective_scan_fn`` signature.
 
     Shapes: ``u, delta, z (B, D, L)``; ``A (D, N)`` real; ``B, C (B, N, L)`` (input-dependent, one group);
     ``D, delta_bias (D,)``. Returns ``(B, D, L)`` in ``u``'s dtype.
+
+    ``out_order (B, L)`` long (milkit's addition): step ``t`` of the scan is returned at position
+    ``out_order[b, t]``, i.e. a scan over tokens read in that order hands back its output in the tokens' own order
+    (the gate ``z`` is then in that order too). The CPU kernel writes it in place; the other paths scatter.
 
     ``impl``: ``"ref"`` milkit's PyTorch scan (any device); ``"cpu"`` milkit's C kernel (CPU tensors, a C
     compiler); ``"cuda"`` mamba-ssm's kernels (CUDA tensors, package installed); ``"auto"``: ``"cuda"`` for CUDA
@@ -72,6 +76,9 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
     if impl not in _IMPLS:
         raise ConfigError(f"selective_scan impl must be one of {_IMPLS}, got '{impl}'")
     _check_shapes(u, delta, A, B, C)
+    if out_order is not None and tuple(out_order.shape) != (u.shape[0], u.shape[2]):
+        raise ConfigError(f"selective_scan: out_order must be (B, L) = {(u.shape[0], u.shape[2])}, "
+                          f"got {tuple(out_order.shape)}")
     if impl == "auto":
         if u.is_cuda:
             impl = "cuda" if mamba_ssm_available() else "ref"
@@ -85,12 +92,18 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
         if fn is None or not u.is_cuda:
             raise ConfigError("selective_scan impl='cuda' needs CUDA tensors and mamba-ssm's compiled kernels "
                               "(pip install milkit[mamba] on a GPU machine); use impl='ref' or 'auto'")
-        return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        if out_order is None:
+            return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        y = _to_positions(fn(u, delta, A, B, C, D, None, delta_bias, delta_softplus), out_order)
+        return y if z is None else y * F.silu(z)
     cdt = torch.float64 if u.dtype == torch.float64 else torch.float32
     cast = lambda t: None if t is None else t.to(cdt)  # noqa: E731
     with torch.autocast(u.device.type, enabled=False):  # the contractions must not run in bf16/fp16
         args = [cast(t) for t in (u, delta, A, B, C, D, delta_bias)]
-        y = scan_kernel.kernel_scan(*args, delta_softplus) if impl == "cpu" else _SelectiveScan.apply(*args, delta_softplus)
+        if impl == "cpu":
+            y = scan_kernel.kernel_scan(*args, delta_softplus, out_order)
+        else:
+            y = _to_positions(_SelectiveScan.apply(*args, delta_softplus), out_order)
         if z is not None:
             y = y * F.silu(z.to(cdt))
     return y.to(u.dtype)
@@ -125,6 +138,13 @@ def selective_scan_loop(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tenso
     if z is not None:
         y = y * F.silu(z.to(cdt))
     return y.to(dtype)
+
+
+def _to_positions(y: Tensor, order: Tensor | None) -> Tensor:
+    """``out[b, :, order[b, t]] = y[b, :, t]`` (``y (B, D, L)``); ``y`` itself without an order."""
+    if order is None:
+        return y
+    return torch.zeros_like(y).scatter(2, order[:, None, :].expand_as(y), y)
 
 
 def _check_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> None:
