@@ -220,7 +220,7 @@ def test_cpu_kernel_optional_arguments_match_the_pytorch_scan():
 
 
 def test_cpu_kernel_can_be_switched_off(monkeypatch):
-    monkeypatch.setenv("MILKIT_SCAN_KERNEL", "0")
+    monkeypatch.setenv("MILKIT_CPU_KERNELS", "0")
     cpu_kernels.lib.cache_clear()
     try:
         assert not scan_kernel.available()

@@ -2,10 +2,12 @@
 
 ``selective_scan_cpu.c`` (Mamba's selective scan) and ``mamba_cpu.c`` (the causal depthwise conv + SiLU and the
 gate of a Mamba mixer), with ``cpu_math.h``, are compiled into one shared library with the system C compiler
-(``$CC``, else ``cc``; ``-O3 -march=native -ffast-math``, plus ``$MILKIT_KERNEL_CFLAGS``) into ``$MILKIT_CACHE`` (default ``~/.cache/milkit``)/kernels,
-keyed by the sources, the flags and the CPU's feature flags; the file is written under a temporary name and
-renamed, so concurrent first uses never load a half-written library. No compiler, a failed build or
-``MILKIT_SCAN_KERNEL=0`` make :func:`available` False; every caller then takes its PyTorch path.
+(``$CC``, else ``cc``; ``-O3 -march=native -ffast-math``, plus ``$MILKIT_KERNEL_CFLAGS``) into
+``$MILKIT_CACHE`` (default ``~/.cache/milkit``)/kernels, keyed by the sources, the flags and the CPU's feature
+flags; the file is written under a temporary name and renamed, so concurrent first uses never load a half-written
+library. No compiler, a failed build or
+``MILKIT_CPU_KERNELS=0`` (the older name ``MILKIT_SCAN_KERNEL=0`` works too) make :func:`available` False;
+every caller then takes its PyTorch path, so the whole Mamba block runs in pure PyTorch.
 
 The kernels take raw pointers and a range of channels (or rows); :func:`run` calls one per range on
 ``torch.get_num_threads()`` Python threads (ctypes releases the GIL).
@@ -86,8 +88,8 @@ def _build(cache: Path) -> Path:
 
 @functools.lru_cache(maxsize=1)
 def lib() -> ctypes.CDLL | None:
-    """The loaded library, or None (no compiler, failed build, ``MILKIT_SCAN_KERNEL=0``)."""
-    if os.environ.get("MILKIT_SCAN_KERNEL", "1") == "0":
+    """The loaded library, or None (no compiler, failed build, ``MILKIT_CPU_KERNELS=0``)."""
+    if os.environ.get("MILKIT_CPU_KERNELS", os.environ.get("MILKIT_SCAN_KERNEL", "1")) == "0":
         return None
     cache = Path(os.environ.get("MILKIT_CACHE", Path.home() / ".cache" / "milkit")) / "kernels"
     try:
@@ -104,7 +106,7 @@ def lib() -> ctypes.CDLL | None:
 
 
 def available() -> bool:
-    """True when the CPU kernels are built (or can be) and not disabled with ``MILKIT_SCAN_KERNEL=0``."""
+    """True when the CPU kernels are built (or can be) and not disabled with ``MILKIT_CPU_KERNELS=0``."""
     return lib() is not None
 
 
@@ -120,7 +122,7 @@ def use_kernel(impl: str, *tensors: Tensor | None) -> bool:
         raise ConfigError(f"impl must be 'auto', 'cpu' or 'torch', got '{impl}'")
     if impl == "cpu" and not usable(*tensors):
         raise ConfigError("impl='cpu' needs float32 CPU tensors and milkit's C kernels (a C compiler, "
-                          "MILKIT_SCAN_KERNEL not 0); use impl='auto'")
+                          "MILKIT_CPU_KERNELS not 0); use impl='auto'")
     return impl == "cpu" or (impl == "auto" and usable(*tensors))
 
 

@@ -13,7 +13,8 @@ the gate ``z`` and ``out_proj`` and are summed before ``out_proj``.
 
 The depthwise convolution (:func:`~milkit.models.layers.causal_conv.causal_depthwise_conv1d`, which also reads the
 second branch's tokens in its order) and the gate (:func:`~milkit.models.layers.gate.gated_sum`) run as fused C
-kernels on the CPU and as PyTorch ops elsewhere; the scan is :func:`~milkit.models.layers.selective_scan.selective_scan`.
+kernels on the CPU and as PyTorch ops elsewhere; the scan is
+:func:`~milkit.models.layers.selective_scan.selective_scan`.
 """
 from __future__ import annotations
 

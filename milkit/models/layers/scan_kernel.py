@@ -7,7 +7,7 @@ by the ``exp`` of ``Δ A`` rather than by memory. Checkpoints every S steps: mem
 run block by block and, within a block, tile by tile, so a block's rows stay in cache and in the TLB.
 
 Threads: the channels are split over ``torch.get_num_threads()`` Python threads; each accumulates its own
-``dB``/``dC``, summed at the end. Without a compiler (or with ``MILKIT_SCAN_KERNEL=0``) :func:`available` is
+``dB``/``dC``, summed at the end. Without a compiler (or with ``MILKIT_CPU_KERNELS=0``) :func:`available` is
 False and ``impl="auto"`` uses the PyTorch scan.
 """
 from __future__ import annotations

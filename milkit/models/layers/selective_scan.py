@@ -86,7 +86,7 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
             impl = "cpu" if u.device.type == "cpu" and u.dtype != torch.float64 and scan_kernel.available() else "ref"
     if impl == "cpu" and (u.device.type != "cpu" or not scan_kernel.available()):
         raise ConfigError("selective_scan impl='cpu' needs CPU tensors and a C compiler to build milkit's kernel "
-                          "(or MILKIT_SCAN_KERNEL is 0); use impl='ref' or 'auto'")
+                          "(or MILKIT_CPU_KERNELS is 0); use impl='ref' or 'auto'")
     if impl == "cuda":
         fn = _mamba_ssm_scan()
         if fn is None or not u.is_cuda:
