@@ -2,10 +2,10 @@
 
 ``selective_scan_cpu.c`` (Mamba's selective scan) and ``mamba_cpu.c`` (the causal depthwise conv + SiLU and the
 gate of a Mamba mixer), with ``cpu_math.h``, are compiled into one shared library with the system C compiler
-(``$CC``, else ``cc``; ``-O3 -march=native -ffast-math``, plus ``$MILKIT_KERNEL_CFLAGS``) into
-``$MILKIT_CACHE`` (default ``~/.cache/milkit``)/kernels, keyed by the sources, the flags and the CPU's feature
-flags; the file is written under a temporary name and renamed, so concurrent first uses never load a half-written
-library. No compiler, a failed build or
+(``$CC``, else ``cc``; ``-O3 -march=native`` and the parts of ``-ffast-math`` that leave the process's
+floating-point state alone, plus ``$MILKIT_KERNEL_CFLAGS``) into ``$MILKIT_CACHE`` (default ``~/.cache/milkit``)
+/kernels, keyed by the sources, the flags and the CPU's feature flags; the file is written under a temporary name
+and renamed, so concurrent first uses never load a half-written library. No compiler, a failed build or
 ``MILKIT_CPU_KERNELS=0`` (the older name ``MILKIT_SCAN_KERNEL=0`` works too) make :func:`available` False;
 every caller then takes its PyTorch path, so the whole Mamba block runs in pure PyTorch.
 
@@ -40,7 +40,11 @@ __all__ = ["available", "empty", "lib", "ptr", "ranges", "run", "strided_rows", 
 _DIR = Path(__file__).parent
 _SOURCES = [_DIR / "selective_scan_cpu.c", _DIR / "mamba_cpu.c"]
 _HEADERS = [_DIR / "cpu_math.h"]
-_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fPIC", "-shared", "-std=c99"]
+# -ffast-math's parts, not the flag itself: with -ffast-math (or -funsafe-math-optimizations) GCC < 13 links
+# crtfastmath.o into a shared library too, whose constructor turns on flush-to-zero for the whole process when
+# the library is loaded (every later torch op would flush denormals).
+_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-signed-zeros", "-fno-trapping-math", "-fassociative-math",
+          "-freciprocal-math", "-ffinite-math-only", "-fno-rounding-math", "-fPIC", "-shared", "-std=c99"]
 log = logging.getLogger(__name__)
 
 P, I64 = ctypes.c_void_p, ctypes.c_int64

@@ -1,6 +1,6 @@
 /* Mamba's selective scan on the CPU, fused: the states never leave a tile of W channels x N states.
  *
- * Built at first use by milkit/models/layers/cpu_kernels.py (cc -O3 -march=native -ffast-math; ctypes, no
+ * Built at first use by milkit/models/layers/cpu_kernels.py (cc -O3 -march=native, fast-math parts; ctypes, no
  * torch headers) and called from one thread per channel range; the math is that of selective_scan.py:
  *
  *   dt_t = softplus(delta_t + bias)   (or delta_t + bias)      a_t = exp(dt_t A)

@@ -196,3 +196,10 @@ def test_forcing_the_kernel_where_it_cannot_run_is_a_clear_error():
         gated_sum(x, x, impl="cpu")
     with pytest.raises(ConfigError, match="impl must be"):
         gated_sum(x.float(), x.float(), impl="fast")
+
+
+def test_loading_the_kernels_leaves_denormals_alone():
+    """-ffast-math would link crtfastmath.o, whose constructor turns on flush-to-zero for the whole process."""
+    assert cpu_kernels.lib() is not None
+    tiny = torch.tensor([1e-39], dtype=torch.float32)  # below float32's smallest normal number
+    assert (tiny * 1.0).item() > 0
