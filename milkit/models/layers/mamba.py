@@ -24,9 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from milkit.models.layers import cpu_kernels
 from milkit.models.layers.causal_conv import causal_conv_branches, causal_depthwise_conv1d, permute_tokens
 from milkit.models.layers.gate import gated_sum
 from milkit.models.layers.selective_scan import selective_scan
+from milkit.models.layers.ssm_kernel import kernel_ssm
 
 __all__ = ["Mamba", "DualMamba", "permute_tokens"]
 
@@ -93,9 +95,12 @@ class Mamba(nn.Module):
             out_order: Tensor | None = None) -> Tensor:
         """x_proj → selective scan (with the D skip, without the gate) of the conv's output ``u (B, L, d_inner)``;
         ``out_order``: step t's output goes to position ``out_order[:, t]``."""
+        A = -torch.exp(A_log.float())
+        if self.scan_impl in ("auto", "cpu") and cpu_kernels.usable(u, x_proj.weight, dt_proj.weight):
+            return kernel_ssm(u, x_proj.weight, dt_proj.weight, dt_proj.bias, A, D, self.d_state, out_order)
         dt, B, C = x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt, dt_proj.weight)  # the bias enters the scan as delta_bias, as in mamba_inner_fn
-        y = selective_scan(u.mT, delta.mT, -torch.exp(A_log.float()), B.mT, C.mT, D.float(),
+        y = selective_scan(u.mT, delta.mT, A, B.mT, C.mT, D.float(),
                            delta_bias=dt_proj.bias.float(), delta_softplus=True, impl=self.scan_impl,
                            out_order=out_order)
         return y.mT

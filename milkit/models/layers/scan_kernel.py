@@ -33,19 +33,42 @@ def _common(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor
     return [ptr(t) for t in (u, delta, A, B, C, D, bias, order)] + [int(softplus), bsz, length, d, A.shape[1], _BLOCK]
 
 
-class _KernelScan(torch.autograd.Function):
-    """Time-major inputs: ``u, delta (B, L, D)``, ``A (D, N)``, ``B, C (B, L, N)``, ``D, bias (D,)``; float32;
-    ``order (B, L)`` int64 or None: the output positions of the steps."""
+def scan_forward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, bias: Tensor | None,
+                 order: Tensor | None, softplus: bool) -> tuple[Tensor, Tensor]:
+    """The kernel's forward on time-major float32 inputs (``u, delta (B, L, D)``, ``A (D, N)``, ``B, C (B, L, N)``,
+    ``D, bias (D,)``, ``order (B, L)`` int64: the output positions of the steps): ``y (B, L, D)`` and the
+    checkpoints the backward needs."""
+    bsz, length, d = u.shape
+    y = cpu_kernels.empty(*u.shape, like=u)
+    ckpt = cpu_kernels.empty(bsz, -(-length // _BLOCK), -(-d // _TILE) * _TILE, A.shape[1], like=u)
+    ranges = cpu_kernels.ranges(d, _TILE)
+    common = _common(u, delta, A, B, C, D, bias, order, softplus)
+    cpu_kernels.run(cpu_kernels.lib().scan_fwd, ranges, common, [[y.data_ptr(), ckpt.data_ptr()]] * len(ranges))
+    return y, ckpt
 
+
+def scan_backward(gy: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+                  bias: Tensor | None, order: Tensor | None, softplus: bool, ckpt: Tensor) -> tuple[Tensor | None, ...]:
+    """Gradients of ``u, delta, A, B, C, D, bias`` (None for an absent D or bias) from the gradient of ``y``."""
+    gy = gy.float().contiguous()
+    gu, gdelta, gA = cpu_kernels.empty(*u.shape, like=u), cpu_kernels.empty(*u.shape, like=u), torch.empty_like(A)
+    gD = None if D is None else torch.empty_like(D)
+    gbias = None if bias is None else torch.empty_like(bias)
+    ranges = cpu_kernels.ranges(u.shape[2], _TILE)
+    gBC = B.new_zeros(len(ranges), 2, *B.shape)  # per-thread dB, dC
+    common = _common(u, delta, A, B, C, D, bias, order, softplus)
+    outs = [[gy.data_ptr(), ckpt.data_ptr()] + [ptr(t) for t in (gu, gdelta, gA, gBC[i, 0], gBC[i, 1], gD, gbias)]
+            for i in range(len(ranges))]
+    cpu_kernels.run(cpu_kernels.lib().scan_bwd, ranges, common, outs)
+    gB, gC = gBC.sum(0).unbind(0)
+    return gu, gdelta, gA, gB, gC, gD, gbias
+
+
+class _KernelScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
                 bias: Tensor | None, order: Tensor | None, softplus: bool) -> Tensor:
-        bsz, length, d = u.shape
-        y = cpu_kernels.empty(*u.shape, like=u)
-        ckpt = cpu_kernels.empty(bsz, -(-length // _BLOCK), -(-d // _TILE) * _TILE, A.shape[1], like=u)
-        ranges = cpu_kernels.ranges(d, _TILE)
-        common = _common(u, delta, A, B, C, D, bias, order, softplus)
-        cpu_kernels.run(cpu_kernels.lib().scan_fwd, ranges, common, [[y.data_ptr(), ckpt.data_ptr()]] * len(ranges))
+        y, ckpt = scan_forward(u, delta, A, B, C, D, bias, order, softplus)
         ctx.save_for_backward(u, delta, A, B, C, D, bias, order, ckpt)
         ctx.softplus = softplus
         return y
@@ -53,18 +76,7 @@ class _KernelScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, gy: Tensor) -> tuple[Tensor | None, ...]:
         u, delta, A, B, C, D, bias, order, ckpt = ctx.saved_tensors
-        gy = gy.float().contiguous()
-        gu, gdelta, gA = cpu_kernels.empty(*u.shape, like=u), cpu_kernels.empty(*u.shape, like=u), torch.empty_like(A)
-        gD = None if D is None else torch.empty_like(D)
-        gbias = None if bias is None else torch.empty_like(bias)
-        ranges = cpu_kernels.ranges(u.shape[2], _TILE)
-        gBC = B.new_zeros(len(ranges), 2, *B.shape)  # per-thread dB, dC
-        common = _common(u, delta, A, B, C, D, bias, order, ctx.softplus)
-        outs = [[gy.data_ptr(), ckpt.data_ptr()] + [ptr(t) for t in (gu, gdelta, gA, gBC[i, 0], gBC[i, 1], gD, gbias)]
-                for i in range(len(ranges))]
-        cpu_kernels.run(cpu_kernels.lib().scan_bwd, ranges, common, outs)
-        gB, gC = gBC.sum(0).unbind(0)
-        return gu, gdelta, gA, gB, gC, gD, gbias, None, None
+        return (*scan_backward(gy, u, delta, A, B, C, D, bias, order, ctx.softplus, ckpt), None, None)
 
 
 def kernel_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
