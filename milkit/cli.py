@@ -14,7 +14,7 @@ import hydra
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
-from milkit.errors import MILKitError
+from milkit.errors import MILKitError, worker_error_line
 
 __all__ = ["CONF_DIR", "hydra_entry", "run_safely", "train_main", "eval_main", "preprocess_main", "aut_main",
            "infer_main", "continual_main"]
@@ -40,8 +40,8 @@ def _one_line(exc: BaseException) -> str:
     if isinstance(exc, MissingMandatoryValue):
         return f"config key '{exc.full_key}' has no value; set it on the command line ({exc.full_key}=...)"
     msg = str(exc).strip()
-    if "Original Traceback" in msg:
-        last = msg.splitlines()[-1]
+    last = worker_error_line(exc)
+    if last is not None:
         msg = last.split(": ", 1)[1] if ": " in last and "." in last.split(": ", 1)[0] else last
     return " ".join(msg.split("\n")[0].split())
 

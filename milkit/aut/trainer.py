@@ -139,13 +139,10 @@ def train_and_evaluate(model: MILModel, train: Standardized, test: Standardized,
     g = torch.Generator().manual_seed(seed)
     n = len(train) if protocol.train_subset == "all" else int(round(0.8 * len(train)))
     opt = torch.optim.AdamW(model.parameters(), **protocol.optimizer)
-    method = Supervised()
-    steps_per_epoch = math.ceil(n / protocol.batch_size)
-    ctx = StepContext(max_steps=protocol.epochs * steps_per_epoch, max_epochs=protocol.epochs)
+    method, ctx = Supervised(), StepContext()  # plain supervised steps read no schedule
     t0 = time.perf_counter()
     for epoch in range(protocol.epochs):
         model.train()
-        ctx.epoch = epoch
         perm = torch.randperm(n, generator=g)
         seen, scores, losses = [], [], []
         for i in range(0, n, protocol.batch_size):
@@ -159,7 +156,6 @@ def train_and_evaluate(model: MILModel, train: Standardized, test: Standardized,
                     if p.grad is not None:
                         p.grad.nan_to_num_(nan=0.0).clamp_(-protocol.grad_clamp, protocol.grad_clamp)
             opt.step()
-            ctx.global_step += 1
             if epoch == protocol.epochs - 1:
                 seen.append(idx)
                 scores.append(positive_score(step.output.logits.detach()))

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from milkit.data.bag import Bag
-from milkit.data.feature_files import FEATURE_SUFFIXES, feature_file_meta, read_feature_file
+from milkit.data.feature_files import FEATURE_SUFFIXES, FeatureFile, feature_file_meta, read_feature_file
 from milkit.errors import DataError
 
 __all__ = ["BagSource", "FeatureDirSource", "resolve_label_map"]
@@ -107,16 +107,24 @@ class FeatureDirSource(BagSource):
                                      "label_name": [self.class_names[mapping[str(v)]] for v in df["label"]]})
         if "split" in df:
             self.records["split"] = df["split"].astype(str).str.lower()
+        self._labels = {b: int(y) for b, y in zip(self.records["bag_id"], self.records["label"])}
         self._paths = {b: self._find(b) for b in self.records["bag_id"]}
-        self._meta = {b: feature_file_meta(p) for b, p in self._paths.items()}
+        self._meta = {b: self._read_meta(b, validate) for b in self._paths}
         dims = {m["dim"] for m in self._meta.values()}
         if len(dims) > 1:
             by_dim = {m["dim"]: b for b, m in self._meta.items()}
             raise DataError(f"{self.feature_dir}: feature files disagree on D: {by_dim}")
         self.in_dim = dims.pop()
-        if validate:
-            for bag_id in self.records["bag_id"]:
-                self.load(bag_id)  # raises DataError naming the file; kept in RAM when cache=True
+
+    def _read_meta(self, bag_id: str, validate: bool) -> dict[str, Any]:
+        """Shape and attributes of a bag's file; with ``validate``, from reading (and checking) the whole file
+        once, which raises a DataError naming it (the bag is kept when ``cache``)."""
+        if not validate:
+            return feature_file_meta(self._paths[bag_id])
+        ff = read_feature_file(self._paths[bag_id])
+        if self.cache:
+            self._cache[bag_id] = self._bag(bag_id, ff)
+        return {"num_instances": ff.features.shape[0], "dim": ff.features.shape[1], "attrs": ff.attrs}
 
     def _find(self, slide_id: str) -> Path:
         for suffix in FEATURE_SUFFIXES:
@@ -133,14 +141,15 @@ class FeatureDirSource(BagSource):
     def load(self, bag_id: str) -> Bag:
         if bag_id in self._cache:
             return self._cache[bag_id]
-        ff = read_feature_file(self._paths[bag_id])
-        label = int(self.records.loc[self.records["bag_id"] == bag_id, "label"].iloc[0])
-        bag = Bag(torch.from_numpy(ff.features), label, bag_id,
-                  None if ff.coords is None else torch.from_numpy(ff.coords),
-                  None if ff.instance_labels is None else torch.from_numpy(ff.instance_labels))
+        bag = self._bag(bag_id, read_feature_file(self._paths[bag_id]))
         if self.cache:
             self._cache[bag_id] = bag
         return bag
+
+    def _bag(self, bag_id: str, ff: FeatureFile) -> Bag:
+        return Bag(torch.from_numpy(ff.features), self._labels[bag_id], bag_id,
+                   None if ff.coords is None else torch.from_numpy(ff.coords),
+                   None if ff.instance_labels is None else torch.from_numpy(ff.instance_labels))
 
     def feature_meta(self) -> dict[str, Any]:
         first = next(iter(self._meta.values()))

@@ -202,5 +202,8 @@ def main() -> None:
     if "ram" not in args.skip:
         results["ram"] = bench_ram(args, work)
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1, default=float))
+        from milkit.utils.io import atomic_path
+
+        with atomic_path(args.json) as tmp:
+            tmp.write_text(json.dumps(results, indent=1, default=float))
 

@@ -39,8 +39,7 @@ class ABMIL(MILModel):
                  gated: bool = False, dropout: float = 0.25, attn_dropout: float = 0.0, act: str = "relu",
                  attn_bias: bool = True) -> None:
         super().__init__(in_dim, num_classes)
-        dims = (embed_dims,) if isinstance(embed_dims, int) else tuple(embed_dims)
-        self.embed = InstanceMLP(in_dim, dims, act=act, dropout=dropout)
+        self.embed = InstanceMLP(in_dim, embed_dims, act=act, dropout=dropout)
         self.pool = AttentionPool(self.embed.out_dim, attn_dim, gated=gated, dropout=attn_dropout, bias=attn_bias)
         self.head = nn.Linear(self.embed.out_dim, num_classes)
 

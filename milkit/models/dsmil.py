@@ -60,8 +60,7 @@ class DSMIL(MILModel):
                  q_dim: int = 128, nonlinear_q: bool = True, passing_v: bool = True, dropout_v: float = 0.0,
                  max_instance_weight: float = 1.0) -> None:
         super().__init__(in_dim, num_classes)
-        dims = (embed_dims,) if isinstance(embed_dims, int) else tuple(embed_dims)
-        self.embed = InstanceMLP(in_dim, dims, act="relu", dropout=dropout)
+        self.embed = InstanceMLP(in_dim, embed_dims, act="relu", dropout=dropout)
         e = self.embed.out_dim
         self.instance_classifier = nn.Linear(e, num_classes)
         self.q = (nn.Sequential(nn.Linear(e, q_dim), nn.ReLU(), nn.Linear(q_dim, q_dim), nn.Tanh())

@@ -20,10 +20,6 @@ from milkit.types import BagFeatures
 __all__ = ["PoolingMIL", "InstanceMaxMIL"]
 
 
-def _dims(embed_dims: Sequence[int] | int) -> tuple[int, ...]:
-    return (embed_dims,) if isinstance(embed_dims, int) else tuple(embed_dims)
-
-
 class PoolingMIL(MILModel):
     """Embedding-space mean or max pooling. Instance scores: the head applied to each instance
     (its logit for the last class), useful for heatmaps."""
@@ -34,7 +30,7 @@ class PoolingMIL(MILModel):
         if pool not in {"mean", "max"}:
             raise ValueError(f"pool must be 'mean' or 'max', got '{pool}'")
         self.pool = pool
-        self.embed = InstanceMLP(in_dim, _dims(embed_dims), act=act, dropout=dropout)
+        self.embed = InstanceMLP(in_dim, embed_dims, act=act, dropout=dropout)
         self.head = nn.Linear(self.embed.out_dim, num_classes)
 
     def aggregate(self, h: Tensor, mask: Tensor, coords: Tensor | None = None) -> BagFeatures:
@@ -49,7 +45,7 @@ class InstanceMaxMIL(MILModel):
     def __init__(self, in_dim: int, num_classes: int, embed_dims: Sequence[int] | int = (256,),
                  dropout: float = 0.25, act: str = "relu") -> None:
         super().__init__(in_dim, num_classes)
-        self.embed = InstanceMLP(in_dim, _dims(embed_dims), act=act, dropout=dropout)
+        self.embed = InstanceMLP(in_dim, embed_dims, act=act, dropout=dropout)
         self.instance_head = nn.Linear(self.embed.out_dim, num_classes)
 
     def aggregate(self, h: Tensor, mask: Tensor, coords: Tensor | None = None) -> BagFeatures:

@@ -68,9 +68,8 @@ class ThresholdMIL(MILModel):
         super().__init__(in_dim, num_classes)
         if tau <= 0:
             raise ValueError(f"tau must be > 0, got {tau}")
-        dims = (embed_dims,) if isinstance(embed_dims, int) else tuple(embed_dims)
         self.tau = float(tau)
-        self.embed = InstanceMLP(in_dim, dims, act=act, dropout=dropout)
+        self.embed = InstanceMLP(in_dim, embed_dims, act=act, dropout=dropout)
         self.concepts = nn.Linear(self.embed.out_dim, n_concepts)
         self.head = MonotoneAnd(n_concepts, num_classes)
 

@@ -120,7 +120,8 @@ class TransMIL(MILModel):
         attn = feats.extras["attention"][0].masked_fill(~mask[:, None], 0.0)  # (B, H, N)
         layer = self.layer1.attn
         x = self.layer1.norm(h).masked_fill(~mask.unsqueeze(-1), 0.0)
-        v = layer.to_qkv(x).unflatten(-1, (3, layer.heads, layer.dim_head))[:, :, 2]  # (B, N, H, d)
+        inner = layer.heads * layer.dim_head  # to_qkv has no bias: the values are its last third alone
+        v = F.linear(x, layer.to_qkv.weight[2 * inner:]).unflatten(-1, (layer.heads, layer.dim_head))  # (B, N, H, d)
         return layer.to_out((attn.transpose(1, 2).unsqueeze(-1) * v).flatten(2))
 
 

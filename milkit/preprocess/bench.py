@@ -36,6 +36,7 @@ from milkit.wsi.geojson import mask_to_polygons, rasterize
 from milkit.wsi.readers import open_slide
 from milkit.wsi.segment import create_segmenter
 from milkit.wsi.synthetic import make_scene, write_synthetic_slide
+from milkit.utils.io import atomic_path
 from milkit.wsi.tiling import plan_geometry, select_patches
 
 
@@ -274,5 +275,6 @@ def main() -> None:
             bench_extract(args, work, "uni", gpu, "bf16", 2048 if args.quick else 20_000, 256, weights="random",
                           size=args.extract_size if args.quick else (98_304, 73_728))]}
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1, default=float))
+        with atomic_path(args.json) as tmp:
+            tmp.write_text(json.dumps(results, indent=1, default=float))
 

@@ -6,6 +6,7 @@ import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from milkit.errors import worker_error_line
 from milkit.utils.io import atomic_path
 
 __all__ = ["ManifestRow", "Manifest", "one_line"]
@@ -45,9 +46,9 @@ class Manifest:
 
 def one_line(exc: BaseException) -> str:
     """``Type: message`` on one line; for errors re-raised from DataLoader workers, the original cause."""
+    last = worker_error_line(exc)
+    if last is not None:
+        return last.split("milkit.errors.", 1)[-1]
     text = str(exc).strip()
-    if "Original Traceback" in text:
-        text = [ln for ln in text.splitlines() if ln.strip()][-1].strip()
-        return text.split("milkit.errors.", 1)[-1]
     first = text.splitlines()[0] if text else ""
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

@@ -1,17 +1,11 @@
 """Models added for the algorithmic unit tests: notebook reference architectures and threshold MIL."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from milkit.models import create_model, model_info
 from milkit.models.aut_reference import SumHead
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _nparams(m: torch.nn.Module) -> int:
@@ -86,10 +80,3 @@ def test_registry_metadata() -> None:
     assert model_info("aut_attention")["mil_assumption"] == "none" and model_info("tran_mil")["permutation_invariant"]
     with pytest.raises(ValueError, match="tau"):
         create_model("threshold_mil", in_dim=2, num_classes=1, tau=0.0)
-
-
-@pytest.mark.parametrize("name", ["aut_attention", "tran_mil", "threshold_mil"])
-def test_model_configs_instantiate(name: str) -> None:
-    cfg = OmegaConf.load(ROOT / "conf" / "model" / f"{name}.yaml")
-    model = instantiate(OmegaConf.merge({"data": {"in_dim": 16, "num_classes": 1}}, {"model": cfg}).model)
-    assert model.in_dim == 16 and model.num_classes == 1

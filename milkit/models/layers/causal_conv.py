@@ -87,7 +87,7 @@ class _KernelConv(torch.autograd.Function):
         grads: list[Tensor | None] = []
         for i, (gout, wk, bias, order) in enumerate(zip(gouts, saved[0::3], saved[1::3], saved[2::3])):
             gw, gbias = torch.empty_like(wk), None if bias is None else torch.empty_like(bias)
-            gout = torch.zeros_like(x) if gout is None else gout.contiguous()
+            gout = gout.contiguous()  # an unused output's gradient arrives as zeros (materialized)
             outs = [[gout.data_ptr(), gx.data_ptr(), gw.data_ptr(), cpu_kernels.ptr(gbias), ring[j].data_ptr()]
                     for j in range(len(parts))]
             # the first branch writes gx, the others add to it

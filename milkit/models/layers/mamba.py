@@ -25,12 +25,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from milkit.models.layers import cpu_kernels
-from milkit.models.layers.causal_conv import causal_conv_branches, causal_depthwise_conv1d, permute_tokens
+from milkit.models.layers.causal_conv import causal_conv_branches, causal_depthwise_conv1d
 from milkit.models.layers.gate import gated_sum
 from milkit.models.layers.selective_scan import selective_scan
 from milkit.models.layers.ssm_kernel import kernel_ssm
 
-__all__ = ["Mamba", "DualMamba", "permute_tokens"]
+__all__ = ["Mamba", "DualMamba"]
 
 
 def _dt_bias(d_inner: int, dt_min: float, dt_max: float, floor: float) -> Tensor:

@@ -21,13 +21,13 @@ def make_activation(name: str) -> nn.Module:
 class InstanceMLP(nn.Sequential):
     """``[Linear → act → Dropout] × len(dims)`` applied to every instance: ``(B, N, D) → (B, N, dims[-1])``.
 
-    ``dims=()`` gives the identity (the model then works on the input features directly).
+    ``dims=()`` gives the identity (the model then works on the input features directly); an int is one layer.
     """
 
-    def __init__(self, in_dim: int, dims: Sequence[int], act: str = "relu", dropout: float = 0.0) -> None:
+    def __init__(self, in_dim: int, dims: Sequence[int] | int, act: str = "relu", dropout: float = 0.0) -> None:
         layers: list[nn.Module] = []
         prev = in_dim
-        for d in dims:
+        for d in (dims,) if isinstance(dims, int) else dims:
             layers += [nn.Linear(prev, d), make_activation(act)]
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))

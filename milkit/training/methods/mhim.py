@@ -12,8 +12,8 @@ Works with any registered model that returns instance scores. Scores used for ma
   exposes a per-layer list (TransMIL; heads fused by voting); else the model's ``instance_scores`` (ABMIL:
   attention logits; DSMIL: the max-class instance-classifier logit, which is what MHIM-MIL masks by).
 * ``class_aware`` (v2): ``s_i = max_c p(c | instance i)``, the classifier applied to the instance alone:
-  ``softmax(extras["instance_logits"])``, or the head applied to ``extras["instance_contributions"]`` or to
-  the model's ``instance_contributions(h, mask, feats)`` (a model's per-instance shares of its bag embedding:
+  ``softmax(extras["instance_logits"])``, or the head applied to the model's ``instance_contributions(h, mask,
+  feats)`` (a model's per-instance shares of its bag embedding:
   TransMIL's layer-1 cls attention × values through ``to_out``, as upstream's ``get_pseudo_score_trans``),
   or, for attention pooling, to ``a_i·h_i`` with ``h`` = ``extras["pooled_instances"]`` when the model pools
   other features than its aggregate's input (MambaMIL: after the Mamba layers), checked once that ``Σ_i a_i·h_i``
@@ -179,8 +179,8 @@ class MHIM(TrainingMethod):
     def _class_aware_scores(self, h: Tensor, feats: BagFeatures, mask: Tensor) -> Tensor:
         if feats.extras.get("instance_logits") is not None:
             return class_probability(feats.extras["instance_logits"])
-        shares = feats.extras.get("instance_contributions")
-        if shares is None and hasattr(self.teacher, "instance_contributions"):  # e.g. TransMIL
+        shares = None
+        if hasattr(self.teacher, "instance_contributions"):  # e.g. TransMIL
             shares = self.teacher.instance_contributions(h, mask, feats)
         if shares is None:
             if feats.instance_scores is None:
@@ -193,8 +193,8 @@ class MHIM(TrainingMethod):
                 if pooled.shape != feats.bag_embedding.shape or not torch.allclose(
                         pooled.float(), feats.bag_embedding.float(), rtol=2e-2, atol=1e-3):
                     raise ConfigError(f"method.score=class_aware: {type(self.teacher).__name__} is not attention "
-                                      "pooling and exposes neither extras['instance_logits'] nor "
-                                      "extras['instance_contributions']; use method.score=attention")
+                                      "pooling and has neither extras['instance_logits'] nor an "
+                                      "instance_contributions method; use method.score=attention")
                 self._pooling_checked = True
         b, n, e = shares.shape
         logits = self.teacher.forward_head(BagFeatures(bag_embedding=shares.reshape(b * n, e)))
