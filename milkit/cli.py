@@ -19,8 +19,8 @@ from milkit.errors import MILKitError, worker_error_line
 __all__ = ["CONF_DIR", "hydra_entry", "run_safely", "train_main", "eval_main", "preprocess_main", "aut_main",
            "infer_main", "continual_main"]
 
-#: the repository's ``conf/`` folder (milkit is installed editable, see README)
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+#: the packaged config folder ``milkit/conf`` (installed with the package; add your own with ``hydra.searchpath``)
+CONF_DIR = str(Path(__file__).resolve().parent / "conf")
 
 
 def _milkit_cause(exc: BaseException) -> BaseException | None:

@@ -1,4 +1,4 @@
-"""Slide inference and heatmaps with a trained checkpoint (see conf/infer.yaml and docs/inference.md).
+"""Slide inference and heatmaps with a trained checkpoint (see milkit/conf/infer.yaml and docs/inference.md).
 
     python scripts/infer_slide.py slide=<file|folder|CSV> checkpoint=<file> output=<folder>
     python scripts/infer_slide.py slide=slides/ checkpoint=best.ckpt output=out heatmap.alpha=0.7 heatmap.cmap=viridis

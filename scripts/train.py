@@ -1,4 +1,4 @@
-"""Train a MIL model with cross-validation: ``python scripts/train.py [overrides]`` (see conf/train.yaml)."""
+"""Train a MIL model with cross-validation: ``python scripts/train.py [overrides]`` (see milkit/conf/train.yaml)."""
 import hydra
 from omegaconf import DictConfig
 

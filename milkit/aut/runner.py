@@ -1,6 +1,6 @@
 """The algorithmic-unit-test suite: every selected registered model × test × seed, then a report.
 
-``run_suite(cfg)`` accepts the Hydra config of ``conf/aut.yaml`` (or a ``SuiteConfig``/plain mapping). Models
+``run_suite(cfg)`` accepts the Hydra config of ``milkit/conf/aut.yaml`` (or a ``SuiteConfig``/plain mapping). Models
 come only from the model registry, so a model is testable the day it is registered. Runs are independent
 (own data seed, model seed) and go to a process pool of ``jobs`` single-threaded workers; a failing run is
 recorded with its error and the suite goes on.
@@ -36,9 +36,9 @@ DEFAULT_TESTS = ("single_concept", "threshold_poison", "false_frequency")
 
 @dataclass
 class SuiteConfig:
-    """Everything ``conf/aut.yaml`` sets (see there and ``docs/aut.md`` for the meaning of each key). The
+    """Everything ``milkit/conf/aut.yaml`` sets (see there and ``docs/aut.md`` for the meaning of each key). The
     defaults here are the library's: one worker and no ``model_kwargs`` (models use their ``tiny_kwargs``);
-    the command line's ``conf/aut.yaml`` sets 2 workers and the suite's model sizes."""
+    the command line's ``milkit/conf/aut.yaml`` sets 2 workers and the suite's model sizes."""
 
     models: list[str] | None = None          # None: registered models with metadata aut=True (see select_models)
     exclude: list[str] = field(default_factory=list)

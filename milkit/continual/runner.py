@@ -83,7 +83,7 @@ def _format_row(matrix: ContinualMatrix, t: int, metric: str) -> str:
 
 
 def run_continual(cfg: DictConfig) -> dict[str, Any]:
-    """Run the continual protocol described by ``cfg`` (root config ``conf/continual.yaml``); returns the results."""
+    """Run the continual protocol described by ``cfg`` (root config ``milkit/conf/continual.yaml``); returns the results."""
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     tasks = build_tasks(cfg.continual.tasks)

@@ -1,6 +1,6 @@
 """Task sequences: what one continual task is, how a sequence config is built, and a synthetic task generator.
 
-A sequence config (``conf/continual/*.yaml``) lists tasks; each has a ``name``, its ``classes`` (its own head has
+A sequence config (``milkit/conf/continual/*.yaml``) lists tasks; each has a ``name``, its ``classes`` (its own head has
 one logit per class) and ``data``: a Hydra-instantiable factory returning a ``TaskSplits`` (train / val / test
 sequences of ``milkit.data.bag.Bag`` with task-local labels 0..C-1). Validation and test must be disjoint.
 ``source_task`` turns any ``milkit.data.sources.BagSource`` (e.g. a feature directory + cohort CSV) into a task,

@@ -174,7 +174,7 @@ def register_encoder(spec: EncoderSpec) -> None:
 
 
 def create_encoder(name: str, weights: str | None = None, hub: bool = False, seed: int = 0) -> PatchEncoder:
-    """Build a registered encoder in eval mode (Hydra ``_target_`` of ``conf/encoder/*.yaml``)."""
+    """Build a registered encoder in eval mode (Hydra ``_target_`` of ``milkit/conf/encoder/*.yaml``)."""
     return ENCODERS.create(name, weights=weights, hub=hub, seed=seed)
 
 

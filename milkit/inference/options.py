@@ -1,4 +1,4 @@
-"""The keys of ``conf/infer.yaml`` as dataclasses, so ``infer`` also works from a plain dict with defaults."""
+"""The keys of ``milkit/conf/infer.yaml`` as dataclasses, so ``infer`` also works from a plain dict with defaults."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields

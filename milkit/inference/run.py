@@ -134,7 +134,7 @@ def write_batch(outcomes: Sequence[SlideOutcome], predictor: SlidePredictor, out
 
 
 def infer(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
-    """Run slide inference as configured (``conf/infer.yaml``); returns the batch summary."""
+    """Run slide inference as configured (``milkit/conf/infer.yaml``); returns the batch summary."""
     opts = InferOptions.from_cfg(cfg)
     entries, labels = discover(opts.slide, opts.extensions, opts.recursive)
     predictor = build_predictor(opts)

@@ -21,7 +21,7 @@ from milkit.wsi.segment import Segmenter, create_segmenter
 
 __all__ = ["SlideSettings", "resolve_settings", "recorded_segmenter", "build_encoder", "build_segmenter"]
 
-_DEFAULT_SEGMENTER = {"name": "hsv"}  # conf/segmenter/otsu.yaml; used only when nothing is recorded
+_DEFAULT_SEGMENTER = {"name": "hsv"}  # milkit/conf/segmenter/otsu.yaml; used only when nothing is recorded
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def recorded_segmenter(meta: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 def resolve_settings(meta: Mapping[str, Any], overrides: Mapping[str, Any], where: str) -> SlideSettings:
-    """Recorded values, replaced by non-null ``overrides`` (keys as in ``conf/infer.yaml``).
+    """Recorded values, replaced by non-null ``overrides`` (keys as in ``milkit/conf/infer.yaml``).
 
     Required: ``target_mpp`` (or TRIDENT's ``target_magnification``), ``patch_size`` and the encoder name;
     ``overlap``, ``min_tissue`` and the segmenter fall back to the preprocessing defaults, with a note.

@@ -1,7 +1,7 @@
 """Model registry: ``create_model(name, **kw)`` and ``list_models()`` are the public API.
 
 Every module in this package registers its variants at import time; adding a model is one new file
-(plus a ``conf/model/*.yaml``), and the registry-parametrized tests pick it up automatically.
+(plus a ``milkit/conf/model/*.yaml``), and the registry-parametrized tests pick it up automatically.
 """
 from __future__ import annotations
 

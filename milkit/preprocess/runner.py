@@ -33,7 +33,7 @@ STAGES = ("segment", "tile", "extract")
 
 @dataclass
 class Settings:
-    """Top-level keys of ``conf/preprocess.yaml`` (the ``encoder``/``segmenter`` groups are built apart)."""
+    """Top-level keys of ``milkit/conf/preprocess.yaml`` (the ``encoder``/``segmenter`` groups are built apart)."""
 
     input: str
     output: str

@@ -37,7 +37,7 @@ METHODS = ("supervised", "mhim", "mhim_v2")
 
 
 def compose_run(overrides: list[str], out_dir: Path | None = None) -> DictConfig:
-    """``conf/train.yaml`` composed outside a Hydra app, writing into ``out_dir``."""
+    """``milkit/conf/train.yaml`` composed outside a Hydra app, writing into ``out_dir``."""
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
         cfg = compose(config_name="train", overrides=overrides)
     with open_dict(cfg):

@@ -117,7 +117,7 @@ SEGMENTERS.add("all", WholeSlideSegmenter)
 
 
 def create_segmenter(name: str = "hsv", **kwargs: Any) -> Segmenter:
-    """Build a registered segmenter (Hydra ``_target_`` for ``conf/segmenter/*.yaml``)."""
+    """Build a registered segmenter (Hydra ``_target_`` for ``milkit/conf/segmenter/*.yaml``)."""
     return SEGMENTERS.create(name, **kwargs)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+from milkit.cli import CONF_DIR
 from milkit.aut.report import VerdictRule, rerender
 from milkit.aut import runner
 from milkit.aut.runner import SuiteConfig, run_suite, select_models
@@ -112,7 +113,7 @@ def test_default_model_selection_reads_registry_metadata(monkeypatch) -> None:
 
 
 def test_conf_composes_into_a_valid_suite_config() -> None:
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name="aut", overrides=["seeds=1", "output=null"])
     suite = SuiteConfig.from_any(cfg)
     assert suite.tests == ["single_concept", "threshold_poison", "false_frequency"] and suite.epochs == 20
@@ -134,7 +135,7 @@ def test_script_reports_a_bad_config_in_one_line(tmp_path, capsys) -> None:
     spec = importlib.util.spec_from_file_location("aut_script", ROOT / "scripts" / "aut.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name="aut", overrides=["models=[nope]", f"output={tmp_path}"])
     with pytest.raises(SystemExit) as info:
         script.main.__wrapped__(cfg)  # the function under @hydra.main

@@ -10,11 +10,12 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from milkit.cli import CONF_DIR
 from milkit.continual import run_continual
 from milkit.continual.methods import ContinualMethod
 from milkit.errors import ConfigError
 
-CONF = str(Path(__file__).resolve().parents[2] / "conf")
+CONF = CONF_DIR
 TINY = ["continual.in_dim=8", "continual.synthetic.n_train=8", "continual.synthetic.n_val=6",
         "continual.synthetic.n_test=6", "continual.synthetic.bag_size=[3,6]", "model.dim=8", "model.depth=1",
         "model.num_heads=2", "model.region_size=2", "model.attn_dim=4", "trainer.max_epochs=1",

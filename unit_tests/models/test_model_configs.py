@@ -8,9 +8,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from milkit.cli import CONF_DIR
 from milkit.models import list_models
 
-CONF = Path(__file__).resolve().parents[2] / "conf" / "model"
+CONF = Path(CONF_DIR) / "model"
 
 
 def test_every_registered_model_has_a_config() -> None:

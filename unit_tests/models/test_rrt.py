@@ -9,13 +9,14 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from milkit.cli import CONF_DIR
 from milkit.errors import ConfigError
 from milkit.models import create_model, list_models, model_info
 from milkit.models.layers.rrt import RRTEncoder
 from milkit.models.rrt import accepts_reembed
 
 IN_DIM = 24
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = Path(CONF_DIR)
 
 
 def tiny(name: str = "rrt_abmil", num_classes: int = 2, **kw):

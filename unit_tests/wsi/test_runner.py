@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
+from milkit.cli import CONF_DIR
 from milkit.errors import ConfigError
 from milkit.preprocess import preprocess, run_tag
 from milkit.wsi.geojson import write_geojson
@@ -31,7 +32,7 @@ OVERRIDES = ["encoder=tiny", "segmenter.seg_mpp=4.0", "segmenter.median_px=5", "
 
 
 def _cfg(input_: Path, output: Path, *extra: str):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose("preprocess", overrides=[f"input={input_}", f"output={output}", *OVERRIDES, *extra])
 
 
@@ -195,7 +196,7 @@ def test_every_encoder_and_segmenter_config_composes(tmp_path):
     from milkit.preprocess.runner import Settings, _build
     from milkit.wsi.segment import HSVSegmenter, WholeSlideSegmenter
 
-    names = sorted(p.stem for p in (REPO / "conf" / "encoder").glob("*.yaml"))
+    names = sorted(p.stem for p in (Path(CONF_DIR) / "encoder").glob("*.yaml"))
     assert names == ENCODERS.names()
     for name in names:
         cfg = _cfg(tmp_path, tmp_path, f"encoder={name}")
@@ -204,10 +205,10 @@ def test_every_encoder_and_segmenter_config_composes(tmp_path):
     assert _build(_cfg(tmp_path, tmp_path).encoder, None).dim == 64
     kinds = {"otsu": HSVSegmenter, "fixed": HSVSegmenter, "all": WholeSlideSegmenter}
     for seg, kind in kinds.items():
-        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
             cfg = compose("preprocess", overrides=["input=a", "output=b", f"segmenter={seg}"])
         assert isinstance(_build(cfg.segmenter, None), kind) and cfg.segmenter.seg_mpp == 16.0
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("preprocess")
     assert cfg.encoder.name == "resnet50_trunc" and cfg.min_tissue == 0.25 and cfg.target_mpp == 0.5
     with pytest.raises(ConfigError, match="input is required"):
