@@ -8,6 +8,7 @@ interchangeable (``data.source`` in the config).
 from __future__ import annotations
 
 import abc
+import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -15,10 +16,13 @@ import pandas as pd
 import torch
 
 from milkit.data.bag import Bag
-from milkit.data.feature_files import FEATURE_SUFFIXES, FeatureFile, feature_file_meta, read_feature_file
+from milkit.data.feature_files import FeatureFile, feature_file_meta, read_feature_file
+from milkit.data.matching import bag_table, case_ids, match_slides, resolve_cohort_csv
 from milkit.errors import DataError
 
 __all__ = ["BagSource", "FeatureDirSource", "resolve_label_map"]
+
+log = logging.getLogger(__name__)
 
 
 def resolve_label_map(labels: Sequence[Any], label_map: Mapping[str, int] | Sequence[str] | None,
@@ -69,24 +73,33 @@ class BagSource(abc.ABC):
         return (f"{self.name}: {len(self.records)} bags, {self.records['case_id'].nunique()} cases, "
                 f"D={self.in_dim}, classes {counts}")
 
+    def describe_files(self) -> str | None:
+        """One line on how the cohort table matched the data files (None: nothing to match)."""
+        return None
+
 
 class FeatureDirSource(BagSource):
     """Per-slide feature files in a folder (milkit / TRIDENT / CLAM) plus a cohort CSV.
 
     Args:
-        feature_dir: folder holding ``<slide_id>.h5`` or ``<slide_id>.pt``.
-        cohort_csv: columns ``slide_id, case_id, label`` (+ optional ``split``); ``case_id`` defaults to
-            ``slide_id`` when absent.
+        feature_dir: folder holding ``<slide_id>.h5`` or ``<slide_id>.pt`` (matched to the table's ids by the
+            rules of :mod:`milkit.data.matching`: exact, without slide extension, TCGA barcode prefix).
+        cohort_csv: a path or a packaged cohort name (``camelyon16``, ``tcga_nsclc`` ...; ``data/cohorts``);
+            columns ``slide_id, case_id, label`` (+ optional ``split``); ``case_id`` defaults to the TCGA
+            patient barcode (first 12 characters) or else the ``slide_id`` when absent.
         label_map: ``{name: index}``, list of names, or None (sorted unique labels).
         cache: keep loaded bags in RAM after the first read.
         validate: read every file once before training, so that NaN/inf, a features/coords row mismatch or an
             empty bag fails with the file's name before any fold trains (False: checked when a bag is loaded).
+        strict: a table slide without a feature file is an error (default: reported and left out).
+        exclude: slide ids to leave out (e.g. ``[test_114]``, which R²T-MIL and MHIM-MIL drop from CAMELYON16).
     """
 
     def __init__(self, feature_dir: str | Path, cohort_csv: str | Path,
                  label_map: Mapping[str, int] | Sequence[str] | None = None, cache: bool = False,
-                 name: str | None = None, validate: bool = True) -> None:
-        self.feature_dir, self.cohort_csv = Path(feature_dir), Path(cohort_csv)
+                 name: str | None = None, validate: bool = True, strict: bool = False,
+                 exclude: Sequence[str] = ()) -> None:
+        self.feature_dir, self.cohort_csv = Path(feature_dir), resolve_cohort_csv(cohort_csv)
         self.name = name or self.feature_dir.name
         self.cache = cache
         self._cache: dict[str, Bag] = {}
@@ -101,14 +114,19 @@ class FeatureDirSource(BagSource):
         if df["slide_id"].duplicated().any():
             raise DataError(f"{self.cohort_csv}: slide_id '{df['slide_id'][df['slide_id'].duplicated()].iloc[0]}' appears twice")
         mapping, self.class_names = resolve_label_map(df["label"].tolist(), label_map, str(self.cohort_csv))
-        case = df["case_id"] if "case_id" in df else df["slide_id"]
-        self.records = pd.DataFrame({"bag_id": df["slide_id"], "case_id": case.astype(str),
+        df = df.assign(case_id=df["case_id"].astype(str) if "case_id" in df else case_ids(df["slide_id"]))
+        df = df[~df["slide_id"].isin(set(exclude))]
+        self.match = match_slides(df["slide_id"], self.feature_dir, strict, str(self.cohort_csv))
+        if self.match.missing:
+            log.warning("%s: %s", self.cohort_csv.name, self.match.summary())
+        df = bag_table(df, self.match, str(self.cohort_csv))
+        self._paths = dict(zip(df["bag_id"], df["path"]))
+        self.records = pd.DataFrame({"bag_id": df["bag_id"], "case_id": df["case_id"],
                                      "label": [mapping[str(v)] for v in df["label"]],
                                      "label_name": [self.class_names[mapping[str(v)]] for v in df["label"]]})
         if "split" in df:
             self.records["split"] = df["split"].astype(str).str.lower()
         self._labels = {b: int(y) for b, y in zip(self.records["bag_id"], self.records["label"])}
-        self._paths = {b: self._find(b) for b in self.records["bag_id"]}
         self._meta = {b: self._read_meta(b, validate) for b in self._paths}
         dims = {m["dim"] for m in self._meta.values()}
         if len(dims) > 1:
@@ -126,14 +144,8 @@ class FeatureDirSource(BagSource):
             self._cache[bag_id] = self._bag(bag_id, ff)
         return {"num_instances": ff.features.shape[0], "dim": ff.features.shape[1], "attrs": ff.attrs}
 
-    def _find(self, slide_id: str) -> Path:
-        for suffix in FEATURE_SUFFIXES:
-            for sub in ("", "h5_files", "pt_files"):
-                p = self.feature_dir / sub / f"{slide_id}{suffix}"
-                if p.exists():
-                    return p
-        raise DataError(f"{self.cohort_csv}: slide '{slide_id}' has no feature file in {self.feature_dir} "
-                        f"(looked for {slide_id}.h5 / {slide_id}.pt)")
+    def describe_files(self) -> str:
+        return f"{self.cohort_csv.name} x {self.feature_dir}: {self.match.summary()}"
 
     def path(self, bag_id: str) -> Path:
         return self._paths[bag_id]

@@ -3,7 +3,8 @@
 The split table has one row per (fold, bag): ``fold, bag_id, case_id, label, split`` with split in
 {train, val, test}. For ``K`` folds, fold ``k`` tests on case-group ``k``, validates on group ``(k+1) mod K``
 and trains on the rest, so train / validation / test are always disjoint and validation is never the test set.
-A cohort table with its own ``split`` column gives a single predefined fold.
+A cohort table with its own ``split`` column gives a single predefined fold; when it has train and test only (the
+official CAMELYON16 split), a seeded, stratified share of the training cases becomes the validation set.
 """
 from __future__ import annotations
 
@@ -52,12 +53,19 @@ def make_cv_splits(records: pd.DataFrame, folds: int = 5, seed: int = 0) -> pd.D
     return pd.DataFrame(rows, columns=["fold", "bag_id", "case_id", "label", "split"])
 
 
-def predefined_split(records: pd.DataFrame) -> pd.DataFrame:
-    """One fold from the cohort table's own ``split`` column."""
+def predefined_split(records: pd.DataFrame, val_fraction: float = 0.2, seed: int = 0) -> pd.DataFrame:
+    """One fold from the cohort table's own ``split`` column. Without ``val`` rows, ``val_fraction`` of the
+    training cases of each class (at least one, drawn with ``seed``) validate, so the test set never does."""
     bad = set(records["split"]) - set(SPLITS)
     if bad:
         raise DataError(f"cohort 'split' column has unknown values {sorted(bad)} (use train/val/test)")
     out = records[["bag_id", "case_id", "label", "split"]].copy()
+    if not (out["split"] == "val").any():
+        train_cases = _case_table(out[out["split"] == "train"])
+        rng = np.random.default_rng(seed)
+        val_cases = [c for _, g in train_cases.groupby("label") for c in
+                     rng.permutation(g["case_id"].to_numpy())[:max(1, round(val_fraction * len(g)))]]
+        out.loc[out["case_id"].isin(val_cases) & (out["split"] == "train"), "split"] = "val"
     out.insert(0, "fold", 0)
     return out
 

@@ -39,7 +39,8 @@ def resolve_splits(cfg: DictConfig, source: BagSource, repeat: int) -> pd.DataFr
     if cfg.cv.get("splits_csv"):
         return load_splits(cfg.cv.splits_csv, source.records)
     if "split" in source.records and cfg.cv.get("use_cohort_split", True):
-        return check_splits(predefined_split(source.records), "cohort split column")
+        return check_splits(predefined_split(source.records, float(cfg.cv.get("val_fraction", 0.2)),
+                                             int(cfg.seed) + repeat), "cohort split column")
     return check_splits(make_cv_splits(source.records, int(cfg.cv.folds), int(cfg.seed) + repeat))
 
 
@@ -72,6 +73,9 @@ def build_run_components(cfg: DictConfig, source: BagSource, fold_splits: pd.Dat
                        max_instances=cfg.data.get("max_instances"), standardize=cfg.data.get("standardize", False),
                        num_workers=cfg.data.get("num_workers", 0))
     dm.setup("fit")
+    if OmegaConf.is_missing(cfg.data, "in_dim"):
+        raise ConfigError(f"data.in_dim is not set; the features of '{source.name}' have D={source.in_dim} "
+                          f"(set data.in_dim={source.in_dim})")
     model = instantiate(cfg.model)
     if model.in_dim != source.in_dim:
         raise ConfigError(f"model.in_dim={model.in_dim} but the features of '{source.name}' have D={source.in_dim} "
@@ -161,6 +165,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         instantiate(hooks.before)(cfg)  # e.g. generate or preprocess the data the source reads
     source: BagSource = instantiate(cfg.data.source)
     print(f"[milkit] data  {source.describe()}")
+    if source.describe_files() is not None:
+        print(f"[milkit] files {source.describe_files()}")
     print(f"[milkit] model {cfg.model.model_name}  method {cfg.method._target_.rsplit('.', 1)[-1]}  output {out_dir}")
     rows = []
     for repeat in range(int(cfg.cv.get("repeats", 1))):

@@ -41,10 +41,14 @@ def test_feature_dir_source_loads_bags(tmp_path: Path) -> None:
 
 
 def test_missing_feature_file(tmp_path: Path) -> None:
+    """A slide without a file is reported and left out; ``strict`` makes it an error listing the ids."""
     fdir, csv = make_cohort(tmp_path)
     (fdir / "s4.h5").unlink()
-    with pytest.raises(DataError, match=r"cohort.csv: slide 's4' has no feature file in .*features"):
-        FeatureDirSource(fdir, csv)
+    src = FeatureDirSource(fdir, csv)
+    assert list(src.records["bag_id"]) == ["s0", "s1", "s2", "s3", "s5"]
+    assert "5 of 6 table ids matched 5 files (exact 5); 1 missing (first: s4); 0 extra" in src.describe_files()
+    with pytest.raises(DataError, match=r"cohort.csv: 1 slide\(s\) have no feature file in .*features: s4 \(data.source.strict=true\)"):
+        FeatureDirSource(fdir, csv, strict=True)
 
 
 def test_label_not_in_label_map(tmp_path: Path) -> None:
