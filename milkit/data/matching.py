@@ -3,7 +3,7 @@
 Feature folders name files differently from label tables: TCGA files carry the full barcode plus a UUID
 (``TCGA-XX-XXXX-01Z-00-DX1.<uuid>.h5``), CAMELYON files may keep the slide extension (``tumor_001.tif.h5``),
 CLAM puts them under ``h5_files/`` or ``pt_files/``. Files are looked up in ``feature_dir``, then
-``feature_dir/h5_files``, then ``feature_dir/pt_files`` (``.h5`` before ``.pt``; the first one found wins).
+``feature_dir/h5_files``, then ``feature_dir/pt_files`` (a ``.h5`` before a ``.pt``; the first one found wins).
 A file's *stem* is its name without ``.h5`` / ``.pt``. For each table id the first rule that finds a file wins:
 
 1. **exact**: the stem equals the id.
@@ -65,14 +65,11 @@ def _strip_slide_ext(name: str) -> str:
 
 
 def _index(feature_dir: Path) -> dict[str, Path]:
-    """stem → path of every feature file (first by SUBDIRS, then FEATURE_SUFFIXES order)."""
+    """stem → path of every feature file (``.h5`` anywhere before ``.pt``, then in SUBDIRS order)."""
     out: dict[str, Path] = {}
-    for sub in SUBDIRS:
-        folder = feature_dir / sub
-        if not folder.is_dir():
-            continue
-        for suffix in FEATURE_SUFFIXES:
-            for p in sorted(folder.glob(f"*{suffix}")):
+    for suffix in FEATURE_SUFFIXES:
+        for sub in SUBDIRS:
+            for p in sorted((feature_dir / sub).glob(f"*{suffix}")):
                 out.setdefault(p.name[: -len(suffix)], p)
     return out
 

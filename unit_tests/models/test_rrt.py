@@ -161,7 +161,7 @@ def root_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A stand-in for the lead's conf/train.yaml with the keys the brief fixes, searching milkit's conf/."""
     root = tmp_path_factory.mktemp("conf")
     (root / "root.yaml").write_text(
-        "defaults:\n  - model: rrt\n  - _self_\n  - experiment: null\n"
+        "defaults:\n  - model: rrt\n  - data: synthetic\n  - _self_\n  - experiment: null\n"
         f"hydra:\n  searchpath: ['file://{CONF}']\n"
         "data: {in_dim: 32, num_classes: 2}\nseed: 0\n"
         "optimizer: {_target_: torch.optim.SGD, _partial_: true, lr: 0.1}\nscheduler: null\n"
@@ -182,7 +182,7 @@ def test_experiment_overlays_compose_and_build(root_config: Path, experiment: st
     sched = instantiate(cfg.scheduler)(opt)
     assert opt.defaults["lr"] == 2e-4 and opt.defaults["weight_decay"] == 1e-5 and sched.T_max == 200
     assert isinstance(model.reembed, RRTEncoder)
-    assert model(torch.randn(1, 9, 32)).logits.shape == (1, 2)
+    assert model(torch.randn(1, 9, cfg.data.in_dim)).logits.shape == (1, 2)
 
 
 def test_rrt_config_swaps_the_aggregator(root_config: Path) -> None:

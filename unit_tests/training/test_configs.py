@@ -25,6 +25,8 @@ def _has_missing(node) -> bool:
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_composes_and_instantiates(experiment: str, tmp_path: Path) -> None:
     cfg = compose_cfg([f"experiment={experiment}"], tmp_path)
+    if OmegaConf.is_missing(cfg.data, "in_dim"):  # cohort recipes leave the feature dimension to the user
+        cfg = compose_cfg([f"experiment={experiment}", "data.in_dim=24"], tmp_path)
     model = instantiate(cfg.model)
     assert isinstance(model, MILModel) and model.in_dim == cfg.data.in_dim
     assert isinstance(instantiate(cfg.method), TrainingMethod)
