@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from milkit.data.bag import Bag, collate_bags, subsample_bag
-from milkit.data.splits import load_splits, make_cv_splits, save_splits
+from milkit.data.splits import load_splits, make_cv_splits, predefined_split, save_splits
 from milkit.data.synthetic import SyntheticSource
 from milkit.errors import DataError
 
@@ -53,6 +53,21 @@ def test_saved_splits_round_trip_and_leak_detection(tmp_path: Path) -> None:
     save_splits(bad, tmp_path / "bad.csv")
     with pytest.raises(DataError, match=rf"bad.csv: case '{first_case}' is in both .* of fold 1"):
         load_splits(tmp_path / "bad.csv", rec)
+
+
+def test_official_train_test_split_validates_on_training_cases_only() -> None:
+    """CAMELYON16-style table (train/test only): a seeded, per-class share of the training cases validates."""
+    rec = pd.DataFrame({"bag_id": [f"b{i}" for i in range(40)], "case_id": [f"c{i // 2}" for i in range(40)],
+                        "label": [(i // 2) % 2 for i in range(40)], "split": ["train"] * 30 + ["test"] * 10})
+    out = predefined_split(rec, val_fraction=0.2, seed=1)
+    val = out[out["split"] == "val"]
+    assert (out.loc[out["split"] == "test", "bag_id"] == rec.loc[30:, "bag_id"]).all()  # test set untouched
+    # 15 training cases: 8 of class 0, 7 of class 1 → round(1.6) and round(1.4) validate
+    assert val.groupby("label")["case_id"].nunique().to_dict() == {0: 2, 1: 1}
+    assert (out.groupby("case_id")["split"].nunique() == 1).all()  # both bags of a case move together
+    assert out.equals(predefined_split(rec, 0.2, seed=1)) and not out.equals(predefined_split(rec, 0.2, seed=2))
+    with_val = rec.assign(split=["train"] * 26 + ["val"] * 4 + ["test"] * 10)
+    assert predefined_split(with_val)["split"].tolist() == with_val["split"].tolist()  # a given val is kept
 
 
 def test_collate_pads_with_masks() -> None:
