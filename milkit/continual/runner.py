@@ -106,15 +106,15 @@ def run_continual(cfg: DictConfig) -> dict[str, Any]:
         for s in range(t + 1):
             pred = predict(model, tasks[s].splits.test, batch_size, device, workers)
             matrix.record(t, s, task_metrics(pred, tasks[s].offset, tasks[s].num_classes, thresholds[s]))
-        print(f"[continual] after task {t + 1}/{len(tasks)} ({task.name}): acc {_format_row(matrix, t, 'acc')} | "
-              f"auc {_format_row(matrix, t, 'auc')} | inst_auc {_format_row(matrix, t, 'inst_auc')}", flush=True)
+        log.info(f"[continual] after task {t + 1}/{len(tasks)} ({task.name}): acc {_format_row(matrix, t, 'acc')} | "
+                 f"auc {_format_row(matrix, t, 'auc')} | inst_auc {_format_row(matrix, t, 'inst_auc')}")
     results = {**matrix.to_dict(), "thresholds": thresholds, "task_records": records, "seed": int(cfg.seed),
                "method": type(method).__name__}
     _write(out_dir, matrix, results)
     summary = results["summary"]
-    print("[continual] " + ", ".join(f"{m}: final {summary[m]['final']:.3f} bwt {summary[m]['bwt']:+.3f}"
-                                     for m in ("acc", "auc", "inst_auc", "dice")), flush=True)
-    print(f"[continual] results written to {out_dir / 'results.json'}", flush=True)
+    log.info("[continual] " + ", ".join(f"{m}: final {summary[m]['final']:.3f} bwt {summary[m]['bwt']:+.3f}"
+                                        for m in ("acc", "auc", "inst_auc", "dice")))
+    log.info(f"[continual] results written to {out_dir / 'results.json'}")
     return results
 
 
