@@ -77,7 +77,7 @@ class SuiteConfig:
             cfg = OmegaConf.to_container(cfg, resolve=True)
         if not isinstance(cfg, Mapping):
             raise ConfigError(f"aut config: expected a mapping, got {type(cfg).__name__}")
-        data = {k: v for k, v in dict(cfg).items() if k != "hydra"}
+        data = {k: v for k, v in dict(cfg).items() if k not in ("hydra", "log_level")}  # the entry point's
         unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ConfigError(f"aut config: unknown key(s) {sorted(unknown)}")
