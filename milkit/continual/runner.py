@@ -31,6 +31,7 @@ from milkit.data.bag import Bag, collate_bags
 from milkit.errors import ConfigError
 from milkit.models.base import MILModel
 from milkit.utils.io import atomic_path
+from milkit.utils.workers import worker_init
 
 __all__ = ["run_continual", "predict"]
 
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 def _loader(bags: Sequence[Bag], batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0) -> DataLoader:
     gen = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(bags, batch_size=batch_size, shuffle=shuffle, collate_fn=collate_bags, generator=gen,
-                      num_workers=num_workers)
+                      num_workers=num_workers, worker_init_fn=worker_init())
 
 
 def _eval_device(accelerator: str) -> torch.device:
