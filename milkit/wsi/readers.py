@@ -21,6 +21,7 @@ from milkit.errors import DataError
 from milkit.registry import Registry
 from milkit.wsi.jpegtiff import downscaled_level
 from milkit.wsi.mpp import MppResult, objective_power, require_mpp, resolve_mpp
+from milkit.wsi.tiff_check import tiff_truncation
 
 __all__ = ["READERS", "SlideReader", "OpenSlideReader", "ImageReader", "open_slide", "IMAGE_SUFFIXES"]
 
@@ -297,6 +298,10 @@ def open_slide(path: str | os.PathLike, reader: str = "auto", mpp: float | None 
         fmt = openslide.OpenSlide.detect_format(str(path))
     except openslide.OpenSlideError:
         fmt = None
+    # NDPI files over 4 GiB keep 32-bit offsets that wrap around, so their offsets cannot be checked
+    truncated = None if fmt == "hamamatsu-ndpi" and path.stat().st_size >= 1 << 32 else tiff_truncation(path)
+    if truncated:
+        raise DataError(f"{path}: {truncated}")
     if fmt is not None:
         return OpenSlideReader(path, mpp, force_mpp)
     if path.suffix.lower() in IMAGE_SUFFIXES:
