@@ -1,6 +1,6 @@
 """``preprocess(cfg)``: run segment / tile / extract over a cohort, resumable and shardable.
 
-Output layout (TRIDENT-style, DESIGN.md): ``<output>/<20x|0.3mpp>_<ps>px_<ovl>px_overlap/{contours_geojson,
+Output layout (TRIDENT-style, docs/architecture.md): ``<output>/<20x|0.3mpp>_<ps>px_<ovl>px_overlap/{contours_geojson,
 thumbnails, patches, features_<encoder>}/`` plus ``manifest.csv`` (``manifest_shard<i>of<n>.csv`` when
 sharded). A slide that fails (corrupt or unsupported file, no MPP, unreadable tiles) is recorded in the
 manifest and the run goes on; configuration errors stop the run at once.
