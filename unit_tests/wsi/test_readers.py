@@ -114,6 +114,7 @@ def test_a_truncated_slide_is_reported_as_truncated(tmp_path, slides):
     for size, where in cuts.items():
         path = tmp_path / f"cut_{size}.svs"
         path.write_bytes(data[:size])
-        with pytest.raises(DataError) as err:
-            open_slide(path)
-        assert str(err.value) == f"{path}: truncated: {where} past end of file (size {size})"
+        for reader in ("auto", "openslide", "image"):
+            with pytest.raises(DataError) as err:
+                open_slide(path, reader)
+            assert str(err.value) == f"{path}: truncated: {where} past end of file (size {size})"
