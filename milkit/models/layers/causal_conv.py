@@ -104,7 +104,7 @@ def _args(x: Tensor, xs: int, order: Tensor | None, wk: Tensor, bias: Tensor | N
     bsz, length, c = x.shape
     cpu_kernels.check(kernel, "x", x, (bsz, length, c), row_stride=xs)
     cpu_kernels.check(kernel, "order", order, (bsz, length), dtype=torch.int64, optional=True)
-    cpu_kernels.check(kernel, "weight", wk, (wk.shape[0], c))  # (k, C)
+    cpu_kernels.check(kernel, "weight (k, C)", wk, (wk.shape[0], c))
     cpu_kernels.check(kernel, "bias", bias, (c,), optional=True)
     return [x.data_ptr(), xs, cpu_kernels.ptr(order), wk.data_ptr(), cpu_kernels.ptr(bias), int(silu), bsz, length,
             c, wk.shape[0]]

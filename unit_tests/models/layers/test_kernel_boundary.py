@@ -46,7 +46,7 @@ def test_scan_arguments_are_checked_before_the_call(change: dict, message: str) 
 @needs_kernel
 def test_conv_and_gate_arguments_are_checked() -> None:
     x = torch.randn(2, 7, 8)
-    with pytest.raises(ValueError, match=r"conv_fwd: 'weight' must be a float32 CPU tensor of shape \(4, 8\)"):
+    with pytest.raises(ValueError, match=r"conv_fwd: 'weight \(k, C\)' must be a float32 CPU tensor of shape \(4, 8\)"):
         causal_depthwise_conv1d(x, torch.randn(5, 1, 4), impl="cpu")  # 5 channels of weights for 8
     with pytest.raises(ValueError, match=r"conv_fwd: 'bias' must be a float32 CPU tensor of shape \(8,\)"):
         causal_depthwise_conv1d(x, torch.randn(8, 1, 4), torch.randn(3), impl="cpu")
