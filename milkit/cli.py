@@ -1,6 +1,7 @@
 """Console entry points (``milkit-train`` ...). Each is a thin Hydra main around one milkit function.
 
 Errors that milkit raises for bad input (``MILKitError``) are printed as one line and exit with status 2.
+Progress lines are the ``milkit`` loggers' records, shown at the config's ``log_level`` (:mod:`milkit.utils.log`).
 """
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from milkit.errors import MILKitError, worker_error_line
+from milkit.utils.log import configure_cli_logging
 
 __all__ = ["CONF_DIR", "hydra_entry", "run_safely", "train_main", "eval_main", "preprocess_main", "aut_main",
            "infer_main", "continual_main"]
@@ -47,9 +49,11 @@ def _one_line(exc: BaseException) -> str:
 
 
 def run_safely(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
-    """Call ``fn(cfg)``; turn a ``MILKitError`` (also one raised in a DataLoader worker) or a missing mandatory
-    config value into one line on stderr and exit status 2."""
+    """Call ``fn(cfg)`` with milkit's progress lines shown at ``cfg.log_level`` (default INFO); turn a
+    ``MILKitError`` (also one raised in a DataLoader worker) or a missing mandatory config value into one line on
+    stderr and exit status 2."""
     try:
+        configure_cli_logging(OmegaConf.select(cfg, "log_level", default="INFO"))
         return fn(cfg)
     except Exception as e:
         cause = _milkit_cause(e)

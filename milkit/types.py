@@ -1,4 +1,4 @@
-"""Core data contracts shared by every part of milkit (see DESIGN.md).
+"""Core data contracts shared by every part of milkit (see docs/architecture.md).
 
 ``BagBatch`` is what the collate function produces and what models, methods and metrics consume.
 ``MILOutput`` is what every registered model returns; its type never depends on flags.

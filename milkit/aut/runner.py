@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import multiprocessing as mp
 import os
 import platform
@@ -28,6 +29,8 @@ from milkit.aut.report import VerdictRule, render_markdown, summarize, write_rep
 from milkit.aut.trainer import Protocol, Standardized, standardize, train_and_evaluate
 from milkit.errors import ConfigError, MILKitError
 from milkit.models import create_model, list_models, model_info
+
+log = logging.getLogger(__name__)
 
 __all__ = ["SuiteConfig", "run_suite", "run_one", "select_models"]
 
@@ -74,7 +77,7 @@ class SuiteConfig:
             cfg = OmegaConf.to_container(cfg, resolve=True)
         if not isinstance(cfg, Mapping):
             raise ConfigError(f"aut config: expected a mapping, got {type(cfg).__name__}")
-        data = {k: v for k, v in dict(cfg).items() if k != "hydra"}
+        data = {k: v for k, v in dict(cfg).items() if k not in ("hydra", "log_level")}  # the entry point's
         unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ConfigError(f"aut config: unknown key(s) {sorted(unknown)}")
@@ -189,13 +192,13 @@ def _line(i: int, n: int, r: dict) -> str:
 
 def _execute(tasks: list[tuple[str, str, int]], cfg: SuiteConfig) -> list[dict]:
     results: dict[int, dict] = {}
-    log = print if cfg.verbose else (lambda *_, **__: None)
+    progress = log.info if cfg.verbose else (lambda *_, **__: None)
     if cfg.jobs <= 1:
         threads = torch.get_num_threads()
         try:
             for i, task in enumerate(tasks):
                 results[i] = run_one(*task, cfg)
-                log(_line(len(results), len(tasks), results[i]), flush=True)
+                progress(_line(len(results), len(tasks), results[i]))
         finally:
             torch.set_num_threads(threads)
     else:
@@ -206,7 +209,7 @@ def _execute(tasks: list[tuple[str, str, int]], cfg: SuiteConfig) -> list[dict]:
             futures = {pool.submit(run_one, *task, cfg): i for i, task in enumerate(tasks)}
             for fut in as_completed(futures):
                 results[futures[fut]] = fut.result()
-                log(_line(len(results), len(tasks), results[futures[fut]]), flush=True)
+                progress(_line(len(results), len(tasks), results[futures[fut]]))
     return [results[i] for i in range(len(tasks))]
 
 
@@ -237,7 +240,7 @@ def run_suite(cfg: Any) -> dict[str, Any]:
     markdown = render_markdown(rows, meta)
     paths = list(write_report(cfg.output, runs, rows, meta)) if cfg.output else []
     if cfg.verbose:
-        print("\n" + markdown)
+        log.info("\n" + markdown)
         for p in paths:
-            print(f"report written to {p}")
+            log.info(f"report written to {p}")
     return {"summary": rows, "runs": runs, "meta": meta, "markdown": markdown, "paths": paths}

@@ -31,6 +31,7 @@ from milkit.data.bag import Bag, collate_bags
 from milkit.errors import ConfigError
 from milkit.models.base import MILModel
 from milkit.utils.io import atomic_path
+from milkit.utils.workers import worker_init
 
 __all__ = ["run_continual", "predict"]
 
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 def _loader(bags: Sequence[Bag], batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0) -> DataLoader:
     gen = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(bags, batch_size=batch_size, shuffle=shuffle, collate_fn=collate_bags, generator=gen,
-                      num_workers=num_workers)
+                      num_workers=num_workers, worker_init_fn=worker_init())
 
 
 def _eval_device(accelerator: str) -> torch.device:
@@ -106,15 +107,15 @@ def run_continual(cfg: DictConfig) -> dict[str, Any]:
         for s in range(t + 1):
             pred = predict(model, tasks[s].splits.test, batch_size, device, workers)
             matrix.record(t, s, task_metrics(pred, tasks[s].offset, tasks[s].num_classes, thresholds[s]))
-        print(f"[continual] after task {t + 1}/{len(tasks)} ({task.name}): acc {_format_row(matrix, t, 'acc')} | "
-              f"auc {_format_row(matrix, t, 'auc')} | inst_auc {_format_row(matrix, t, 'inst_auc')}", flush=True)
+        log.info(f"[continual] after task {t + 1}/{len(tasks)} ({task.name}): acc {_format_row(matrix, t, 'acc')} | "
+                 f"auc {_format_row(matrix, t, 'auc')} | inst_auc {_format_row(matrix, t, 'inst_auc')}")
     results = {**matrix.to_dict(), "thresholds": thresholds, "task_records": records, "seed": int(cfg.seed),
                "method": type(method).__name__}
     _write(out_dir, matrix, results)
     summary = results["summary"]
-    print("[continual] " + ", ".join(f"{m}: final {summary[m]['final']:.3f} bwt {summary[m]['bwt']:+.3f}"
-                                     for m in ("acc", "auc", "inst_auc", "dice")), flush=True)
-    print(f"[continual] results written to {out_dir / 'results.json'}", flush=True)
+    log.info("[continual] " + ", ".join(f"{m}: final {summary[m]['final']:.3f} bwt {summary[m]['bwt']:+.3f}"
+                                        for m in ("acc", "auc", "inst_auc", "dice")))
+    log.info(f"[continual] results written to {out_dir / 'results.json'}")
     return results
 
 

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 from milkit.data.bag import Bag, collate_bags, subsample_bag
 from milkit.data.sources import BagSource
 from milkit.errors import DataError
+from milkit.utils.workers import worker_init
 
 __all__ = ["BagDataset", "MILDataModule", "FeatureStats"]
 
@@ -84,7 +85,7 @@ class MILDataModule(L.LightningDataModule):
     def _loader(self, split: str, train: bool) -> DataLoader:
         return DataLoader(self.dataset(split, train), batch_size=self.batch_size if train else self.eval_batch_size,
                           shuffle=train, collate_fn=collate_bags, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+                          persistent_workers=self.num_workers > 0, worker_init_fn=worker_init())
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
+from milkit.utils.workers import worker_init
 from milkit.wsi.readers import SlideReader, open_slide
 
 __all__ = ["TileBatches", "tile_loader", "default_num_workers"]
@@ -64,5 +65,4 @@ def default_num_workers(device_type: str = "cuda") -> int:
 def tile_loader(dataset: TileBatches, num_workers: int | None = None, pin_memory: bool = False) -> DataLoader:
     nw = default_num_workers("cuda" if pin_memory else "cpu") if num_workers is None else int(num_workers)
     return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=nw, pin_memory=pin_memory,
-                      prefetch_factor=4 if nw else None,
-                      persistent_workers=False)
+                      prefetch_factor=4 if nw else None, persistent_workers=False, worker_init_fn=worker_init())

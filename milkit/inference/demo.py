@@ -15,6 +15,7 @@ difference from the probabilities of the training run's own test step, and the p
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ from milkit.inference.run import bag_metrics, build_predictor, run_batch, write_
 from milkit.inference.slide import SlideOutcome
 from milkit.preprocess.slides import SlideEntry
 from milkit.utils.io import atomic_path
+
+log = logging.getLogger(__name__)
 
 __all__ = ["prepare_demo", "evaluate_demo"]
 
@@ -125,11 +128,11 @@ def evaluate_demo(cfg: DictConfig, summary: dict[str, Any]) -> dict[str, Any]:
     with atomic_path(out / "demo_results.json") as tmp:
         tmp.write_text(json.dumps(result, indent=2))
     t = result["mean_timings_s"]
-    print(f"[milkit] demo_wsi on {len(ok)} held-out slides: bag AUC={result.get('bag_auc', float('nan')):.3f}  "
-          f"instance AUC mean={result['instance_auc_mean'] or float('nan'):.3f} "
-          f"pooled={result['instance_auc_pooled'] or float('nan'):.3f}  "
-          f"max |p - test step|={result['max_prob_diff_vs_test_step'] or 0.0:.1e}")
+    log.info(f"[milkit] demo_wsi on {len(ok)} held-out slides: bag AUC={result.get('bag_auc', float('nan')):.3f}  "
+             f"instance AUC mean={result['instance_auc_mean'] or float('nan'):.3f} "
+             f"pooled={result['instance_auc_pooled'] or float('nan'):.3f}  "
+             f"max |p - test step|={result['max_prob_diff_vs_test_step'] or 0.0:.1e}")
     if t:
-        print("[milkit] per slide: " + "  ".join(f"{k}={v:.2f}s" for k, v in t.items()))
-    print(f"[milkit] heatmaps, GeoJSONs, montages: {out / 'inference'}/fold*/slides/<id>/  (demo_results.json)")
+        log.info("[milkit] per slide: " + "  ".join(f"{k}={v:.2f}s" for k, v in t.items()))
+    log.info(f"[milkit] heatmaps, GeoJSONs, montages: {out / 'inference'}/fold*/slides/<id>/  (demo_results.json)")
     return result

@@ -79,7 +79,7 @@ class InferOptions:
                 raise ConfigError(f"{key} is required (python scripts/infer_slide.py slide=<file|folder|CSV> "
                                   "checkpoint=<file> output=<folder>)")
         names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names - {"hydra"})
+        unknown = sorted(set(data) - names - {"hydra", "log_level"})  # the entry point's keys
         if unknown:
             raise ConfigError(f"unknown inference option(s): {', '.join(unknown)}")
         kw: dict[str, Any] = {}

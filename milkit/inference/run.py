@@ -9,6 +9,7 @@ on; when a single slide file was given, its error is raised (one line).
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,6 +25,8 @@ from milkit.inference.slide import SlideOutcome, run_slide
 from milkit.preprocess.manifest import one_line
 from milkit.preprocess.slides import SlideEntry, discover_slides, slide_id_of
 from milkit.utils.io import atomic_path
+
+log = logging.getLogger(__name__)
 
 __all__ = ["infer", "run_batch", "write_batch", "discover", "build_predictor", "bag_metrics"]
 
@@ -142,6 +145,6 @@ def infer(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     outcomes = run_batch(predictor, entries, opts, labels, raise_errors=single)
     summary = write_batch(outcomes, predictor, Path(opts.output))
     shown = "  ".join(f"{k}={v:.3f}" for k, v in summary.items() if k in ("bag_auc", "accuracy", "instance_auc_mean"))
-    print(f"[milkit] inference: {summary['n_ok']} ok, {summary['n_failed']} failed  {shown}  → {opts.output} "
-          "(predictions.csv, slides/<id>/)")
+    log.info(f"[milkit] inference: {summary['n_ok']} ok, {summary['n_failed']} failed  {shown}  → {opts.output} "
+             "(predictions.csv, slides/<id>/)")
     return summary

@@ -1,12 +1,13 @@
 """``preprocess(cfg)``: run segment / tile / extract over a cohort, resumable and shardable.
 
-Output layout (TRIDENT-style, DESIGN.md): ``<output>/<20x|0.3mpp>_<ps>px_<ovl>px_overlap/{contours_geojson,
+Output layout (TRIDENT-style, docs/architecture.md): ``<output>/<20x|0.3mpp>_<ps>px_<ovl>px_overlap/{contours_geojson,
 thumbnails, patches, features_<encoder>}/`` plus ``manifest.csv`` (``manifest_shard<i>of<n>.csv`` when
 sharded). A slide that fails (corrupt or unsupported file, no MPP, unreadable tiles) is recorded in the
 manifest and the run goes on; configuration errors stop the run at once.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -25,6 +26,8 @@ from milkit.preprocess.slides import DEFAULT_EXTENSIONS, SlideEntry, discover_sl
 from milkit.preprocess.stages import SlidePaths, extract_stage, segment_stage, tile_stage
 from milkit.wsi.readers import open_slide
 from milkit.wsi.segment import Segmenter, create_segmenter
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Settings", "preprocess", "run_tag", "process_slide"]
 
@@ -171,5 +174,5 @@ def preprocess(cfg: DictConfig | dict[str, Any]) -> Path:
         if row.status == "failed":
             tqdm.write(f"failed {entry.slide_id}: {row.error}")
     counts = ", ".join(f"{v} {k}" for k, v in sorted(manifest.counts().items())) or "no slides"
-    print(f"preprocess: {counts} → {root} (manifest: {manifest.path})")
+    log.info(f"preprocess: {counts} → {root} (manifest: {manifest.path})")
     return root

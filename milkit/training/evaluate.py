@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ from milkit.errors import ConfigError
 from milkit.training.checkpoint import load_checkpoint
 from milkit.training.metrics import make_metrics
 from milkit.utils.io import atomic_path
+
+log = logging.getLogger(__name__)
 
 __all__ = ["evaluate"]
 
@@ -51,6 +54,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         pd.DataFrame(rows).to_csv(tmp, index=False)
     with atomic_path(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(result, indent=2))
-    print("[milkit] " + "  ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
-    print(f"[milkit] predictions and metrics: {out}")
+    log.info("[milkit] " + "  ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
+    log.info(f"[milkit] predictions and metrics: {out}")
     return result

@@ -164,10 +164,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if hooks.get("before"):
         instantiate(hooks.before)(cfg)  # e.g. generate or preprocess the data the source reads
     source: BagSource = instantiate(cfg.data.source)
-    print(f"[milkit] data  {source.describe()}")
+    log.info(f"[milkit] data  {source.describe()}")
     if source.describe_files() is not None:
-        print(f"[milkit] files {source.describe_files()}")
-    print(f"[milkit] model {cfg.model.model_name}  method {cfg.method._target_.rsplit('.', 1)[-1]}  output {out_dir}")
+        log.info(f"[milkit] files {source.describe_files()}")
+    log.info(f"[milkit] model {cfg.model.model_name}  method {cfg.method._target_.rsplit('.', 1)[-1]}  "
+             f"output {out_dir}")
     rows = []
     for repeat in range(int(cfg.cv.get("repeats", 1))):
         splits = resolve_splits(cfg, source, repeat)
@@ -182,7 +183,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             row["repeat"] = repeat
             rows.append(row)
             shown = "  ".join(f"{k.split('/')[1]}={row[k]:.3f}" for k in row if k.startswith("test/"))
-            print(f"[milkit] {name}: {shown}  epochs={row['epochs']}  ({row['fit_s']:.1f}s)")
+            log.info(f"[milkit] {name}: {shown}  epochs={row['epochs']}  ({row['fit_s']:.1f}s)")
     summary = _summarise(rows)
     summary["wall_s"] = time.perf_counter() - t0
     monitored = f"best_{cfg.monitor}"
@@ -190,9 +191,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         summary["objective"] = summary[monitored]["mean"]
     with atomic_path(out_dir / "results.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2))
-    print(format_table(summary))
+    log.info(format_table(summary))
     if hooks.get("after"):
         summary["after"] = instantiate(hooks.after)(cfg, summary)  # e.g. slide inference on held-out slides
-    print(f"[milkit] splits, checkpoints and logs: {out_dir}  (results.json, *splits.csv, fold*/)  "
-          f"total {summary['wall_s']:.0f}s")
+    log.info(f"[milkit] splits, checkpoints and logs: {out_dir}  (results.json, *splits.csv, fold*/)  "
+             f"total {summary['wall_s']:.0f}s")
     return summary

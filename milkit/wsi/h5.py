@@ -1,4 +1,4 @@
-"""Coordinates and features HDF5 files (DESIGN.md schema, TRIDENT/CLAM compatible): writers and validators.
+"""Coordinates and features HDF5 files (TRIDENT/CLAM compatible; schema in docs/architecture.md): I/O, validators.
 
 Coordinates ``<slide_id>_patches.h5``: ``coords`` int64 ``(N, 2)`` level-0 top-left ``(x, y)`` with the
 geometry attributes. Features ``<slide_id>.h5``: ``features`` ``(N, D)`` in ``coords`` row order, ``coords``

@@ -21,6 +21,7 @@ from milkit.errors import DataError
 from milkit.registry import Registry
 from milkit.wsi.jpegtiff import downscaled_level
 from milkit.wsi.mpp import MppResult, objective_power, require_mpp, resolve_mpp
+from milkit.wsi.tiff_check import tiff_truncation
 
 __all__ = ["READERS", "SlideReader", "OpenSlideReader", "ImageReader", "open_slide", "IMAGE_SUFFIXES"]
 
@@ -286,10 +287,9 @@ def _first_line(exc: BaseException) -> str:
 
 def open_slide(path: str | os.PathLike, reader: str = "auto", mpp: float | None = None,
                force_mpp: bool = False) -> SlideReader:
-    """Open ``path`` with the named reader; ``"auto"`` asks OpenSlide first, then plain-image suffixes."""
+    """Open ``path`` with the named reader; ``"auto"`` asks OpenSlide first, then plain-image suffixes. A TIFF
+    cut short (IFDs or image data past the end of the file) is a ``DataError`` saying so, whichever reader."""
     path = Path(path)
-    if reader != "auto":
-        return READERS.create(reader, path=path, mpp=mpp, force_mpp=force_mpp)
     _check_file(path)
     import openslide
 
@@ -297,6 +297,12 @@ def open_slide(path: str | os.PathLike, reader: str = "auto", mpp: float | None 
         fmt = openslide.OpenSlide.detect_format(str(path))
     except openslide.OpenSlideError:
         fmt = None
+    # NDPI files over 4 GiB keep 32-bit offsets that wrap around, so their offsets cannot be checked
+    truncated = None if fmt == "hamamatsu-ndpi" and path.stat().st_size >= 1 << 32 else tiff_truncation(path)
+    if truncated:
+        raise DataError(f"{path}: {truncated}")
+    if reader != "auto":
+        return READERS.create(reader, path=path, mpp=mpp, force_mpp=force_mpp)
     if fmt is not None:
         return OpenSlideReader(path, mpp, force_mpp)
     if path.suffix.lower() in IMAGE_SUFFIXES:

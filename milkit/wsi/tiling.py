@@ -42,7 +42,7 @@ class PatchGeometry:
     read_level_dim: tuple[int, int]
 
     def attrs(self) -> dict[str, Any]:
-        """The geometry part of the coordinate-file attributes (DESIGN.md), CLAM/TRIDENT names included."""
+        """The geometry part of the coordinate-file attributes (docs/architecture.md), CLAM/TRIDENT names included."""
         return {
             "patch_size": self.patch_size, "patch_size_level0": self.patch_size_level0,
             "target_mpp": self.target_mpp, "level0_mpp": self.level0_mpp,

@@ -57,6 +57,7 @@ def test_ddp_with_two_cpu_processes(tmp_path: Path) -> None:
     res = run([*FAST, "trainer=ddp_cpu", "data.source.n_bags=33",
                "data.source.bags_per_case=1"], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("[milkit] data ") == 1  # progress lines from rank zero only
     (result,) = tmp_path.glob("train/runs/*/results.json")
     row = json.loads(result.read_text())["folds"][0]
     assert {"test/auroc", "test/acc", "test/bacc", "test/f1"} <= set(row)

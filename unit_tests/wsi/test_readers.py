@@ -97,3 +97,24 @@ def _fast(*args, **kwargs):
     out = downscaled_level(*args, **kwargs)
     assert out is not None
     return out
+
+
+def test_a_truncated_slide_is_reported_as_truncated(tmp_path, slides):
+    """A pyramidal TIFF cut short (a partial copy): one line naming the file, the first offset past its end and
+    the file's size, whichever part is cut (before: "not a slide format OpenSlide recognises")."""
+    import tifffile
+
+    data = slides.aperio.read_bytes()
+    with tifffile.TiffFile(slides.aperio) as tif:
+        pages = [(p.offset, int(max(o + c for o, c in zip(p.dataoffsets, p.databytecounts)))) for p in tif.pages]
+    assert len(pages) >= 3 and isinstance(open_slide(slides.aperio), OpenSlideReader)  # the whole file is fine
+    cuts = {pages[1][0] + 1: f"IFD 1 at offset {pages[1][0]}"}  # inside the second IFD's entry count
+    for i, (ifd, end) in enumerate(pages):
+        cuts[(ifd + end) // 2] = f"IFD {i}'s image data ends at offset {end}"  # half of the level's tiles
+    for size, where in cuts.items():
+        path = tmp_path / f"cut_{size}.svs"
+        path.write_bytes(data[:size])
+        for reader in ("auto", "openslide", "image"):
+            with pytest.raises(DataError) as err:
+                open_slide(path, reader)
+            assert str(err.value) == f"{path}: truncated: {where} past end of file (size {size})"

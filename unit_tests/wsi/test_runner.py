@@ -69,7 +69,7 @@ def test_failures_are_recorded_and_the_run_goes_on(cohort, tmp_path):
         "f_truncated": "failed", "g_notes": "failed", "h_undecodable": "failed"}
     errors = m["error"].to_dict()
     for sid, cause in [("d_nompp", "no microns-per-pixel"), ("e_empty", "empty file"),
-                       ("f_truncated", "cannot decode"), ("g_notes", "not a slide format"),
+                       ("f_truncated", "truncated: IFD 0's image data ends at offset"), ("g_notes", "not a slide format"),
                        ("h_undecodable", "cannot read region")]:
         assert cause in errors[sid] and sid in errors[sid] and "\n" not in errors[sid], errors[sid]
     assert m.loc["a_good", "stages"] == "segment+tile+extract" and m.loc["a_good", "tiles_per_s"] > 0

@@ -88,17 +88,24 @@ class _KernelConv(torch.autograd.Function):
         for i, (gout, wk, bias, order) in enumerate(zip(gouts, saved[0::3], saved[1::3], saved[2::3])):
             gw, gbias = torch.empty_like(wk), None if bias is None else torch.empty_like(bias)
             gout = gout.contiguous()  # an unused output's gradient arrives as zeros (materialized)
+            cpu_kernels.check("conv_bwd", "gout", gout, x.shape)
             outs = [[gout.data_ptr(), gx.data_ptr(), gw.data_ptr(), cpu_kernels.ptr(gbias), ring[j].data_ptr()]
                     for j in range(len(parts))]
             # the first branch writes gx, the others add to it
-            cpu_kernels.run(cpu_kernels.lib().conv_bwd, parts, _args(x, xs, order, wk, bias, silu) + [int(i > 0)],
-                            outs)
+            args = _args(x, xs, order, wk, bias, silu, "conv_bwd") + [int(i > 0)]
+            cpu_kernels.run(cpu_kernels.lib().conv_bwd, parts, args, outs)
             grads += [gw.t().unsqueeze(1), gbias, None]
         return (gx, None, *grads)
 
 
-def _args(x: Tensor, xs: int, order: Tensor | None, wk: Tensor, bias: Tensor | None, silu: bool) -> list[Any]:
+def _args(x: Tensor, xs: int, order: Tensor | None, wk: Tensor, bias: Tensor | None, silu: bool,
+          kernel: str = "conv_fwd") -> list[Any]:
+    """``conv_fwd``'s / ``conv_bwd``'s leading arguments, checked."""
     bsz, length, c = x.shape
+    cpu_kernels.check(kernel, "x", x, (bsz, length, c), row_stride=xs)
+    cpu_kernels.check(kernel, "order", order, (bsz, length), dtype=torch.int64, optional=True)
+    cpu_kernels.check(kernel, "weight (k, C)", wk, (wk.shape[0], c))
+    cpu_kernels.check(kernel, "bias", bias, (c,), optional=True)
     return [x.data_ptr(), xs, cpu_kernels.ptr(order), wk.data_ptr(), cpu_kernels.ptr(bias), int(silu), bsz, length,
             c, wk.shape[0]]
 

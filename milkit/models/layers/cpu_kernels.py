@@ -4,13 +4,21 @@
 gate of a Mamba mixer), with ``cpu_math.h``, are compiled into one shared library with the system C compiler
 (``$CC``, else ``cc``; ``-O3 -march=native`` and the parts of ``-ffast-math`` that leave the process's
 floating-point state alone, plus ``$MILKIT_KERNEL_CFLAGS``) into ``$MILKIT_CACHE`` (default ``~/.cache/milkit``)
-/kernels, keyed by the sources, the flags and the CPU's feature flags; the file is written under a temporary name
-and renamed, so concurrent first uses never load a half-written library. No compiler, a failed build or
-``MILKIT_CPU_KERNELS=0`` (the older name ``MILKIT_SCAN_KERNEL=0`` works too) make :func:`available` False;
-every caller then takes its PyTorch path, so the whole Mamba block runs in pure PyTorch.
+/kernels. The build happens at the first call that needs a kernel (never at import or test collection; a
+one-time message says so), or ahead of time with ``python -m milkit.models.layers.cpu_kernels``.
+
+The library's file name is a hash of what it is compiled for (:func:`cache_key`: the sources, the compiler and
+its flags, the CPU's model and feature flags), so a cache in a home directory shared by machines with
+different CPUs holds one library per CPU kind and never hands one CPU's ``-march=native`` code to another. The
+file is written under a temporary name and renamed, so concurrent first uses never load a half-written library.
+No compiler, a failed build, a library that does not load (corrupt, or missing a kernel) or
+``MILKIT_CPU_KERNELS=0`` (the older name ``MILKIT_SCAN_KERNEL=0`` works too) make :func:`available` False, with
+one warning; every caller then takes its PyTorch path, so the whole Mamba block runs in pure PyTorch.
 
 The kernels take raw pointers and a range of channels (or rows); :func:`run` calls one per range on
-``torch.get_num_threads()`` Python threads (ctypes releases the GIL).
+``torch.get_num_threads()`` Python threads (ctypes releases the GIL). C code trusts its pointers, so every call
+site first checks each tensor's device, dtype, shape and strides with :func:`check` (a few attribute reads),
+which raises ``ValueError`` where a mistake would otherwise read or write out of bounds.
 
 :func:`empty` allocates the kernels' outputs. A fresh tensor of tens of MB costs more in first-touch page faults
 (4 KiB each) than the kernel spends writing it (16 ms vs 2.4 ms for 40 MB on our VM), so on Linux the 2 MiB-aligned
@@ -24,18 +32,21 @@ import functools
 import hashlib
 import logging
 import os
+import shutil
 import subprocess
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from milkit.errors import ConfigError
 
-__all__ = ["available", "empty", "lib", "ptr", "ranges", "run", "strided_rows", "usable", "use_kernel"]
+__all__ = ["available", "build", "cache_key", "can_build", "check", "empty", "lib", "library_path", "ptr", "ranges",
+           "run", "strided_rows", "usable", "use_kernel"]
 
 _DIR = Path(__file__).parent
 _SOURCES = [_DIR / "selective_scan_cpu.c", _DIR / "mamba_cpu.c"]
@@ -60,58 +71,115 @@ _SIGNATURES = {
 }
 
 
-def _cpu_flags() -> str:
+def cpu_description() -> str:
+    """The CPU's model name and feature flags (``/proc/cpuinfo``), else the machine type."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        pass
-    return os.uname().machine
+        return os.uname().machine
+    keys = ("model name", "flags", "Features", "CPU part")  # x86 and ARM spellings
+    return "\n".join(dict.fromkeys(ln for ln in lines if ln.split(":")[0].strip() in keys)) or os.uname().machine
 
 
-def _build(cache: Path) -> Path:
-    cc = os.environ.get("CC", "cc")
-    flags = _FLAGS + os.environ.get("MILKIT_KERNEL_CFLAGS", "").split()
+def _compiler() -> tuple[str, list[str]]:
+    return os.environ.get("CC", "cc"), _FLAGS + os.environ.get("MILKIT_KERNEL_CFLAGS", "").split()
+
+
+def cache_key(cpu: str | None = None) -> str:
+    """Hash of what the library is compiled for: sources, compiler, flags and the CPU (``cpu``, default this one's
+    :func:`cpu_description`)."""
+    cc, flags = _compiler()
     text = [p.read_text() for p in _SOURCES + _HEADERS]
-    key = hashlib.sha256("\0".join([*text, cc, *flags, _cpu_flags()]).encode()).hexdigest()[:16]
-    out = cache / f"milkit_cpu_{key}.so"
-    if not out.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
-        os.close(fd)
-        try:
-            subprocess.run([cc, *flags, f"-I{_DIR}", *map(str, _SOURCES), "-o", tmp, "-lm"], check=True,
-                           capture_output=True, timeout=180)
-            os.replace(tmp, out)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    cpu = cpu_description() if cpu is None else cpu
+    return hashlib.sha256("\0".join([*text, cc, *flags, cpu]).encode()).hexdigest()[:16]
+
+
+def library_path() -> Path:
+    """Where this machine's library lives in the cache (it may not be built yet)."""
+    cache = Path(os.environ.get("MILKIT_CACHE", Path.home() / ".cache" / "milkit")) / "kernels"
+    return cache / f"milkit_cpu_{cache_key()}.so"
+
+
+def _disabled() -> bool:
+    return os.environ.get("MILKIT_CPU_KERNELS", os.environ.get("MILKIT_SCAN_KERNEL", "1")) == "0"
+
+
+def can_build() -> bool:
+    """Cheap (no build): the kernels are not disabled and either built for this CPU or a compiler is on the PATH.
+    For test skip marks; :func:`available` builds."""
+    return not _disabled() and (library_path().exists() or shutil.which(_compiler()[0]) is not None)
+
+
+def build() -> Path:
+    """Compile the library for this CPU unless the cache has it; its path."""
+    out = library_path()
+    if out.exists():
+        return out
+    cc, flags = _compiler()
+    log.info("milkit: compiling the CPU kernels for this CPU (once per machine type) into %s", out)
+    t0 = time.perf_counter()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    os.close(fd)
+    try:
+        subprocess.run([cc, *flags, f"-I{_DIR}", *map(str, _SOURCES), "-o", tmp, "-lm"], check=True,
+                       capture_output=True, timeout=180)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    log.info("milkit: CPU kernels compiled in %.0f s", time.perf_counter() - t0)
     return out
 
 
 @functools.lru_cache(maxsize=1)
 def lib() -> ctypes.CDLL | None:
-    """The loaded library, or None (no compiler, failed build, ``MILKIT_CPU_KERNELS=0``)."""
-    if os.environ.get("MILKIT_CPU_KERNELS", os.environ.get("MILKIT_SCAN_KERNEL", "1")) == "0":
+    """The loaded library, built at the first call; None (after one warning) when it cannot be built or loaded,
+    or with ``MILKIT_CPU_KERNELS=0``."""
+    if _disabled():
         return None
-    cache = Path(os.environ.get("MILKIT_CACHE", Path.home() / ".cache" / "milkit")) / "kernels"
+    path = None
     try:
-        so = ctypes.CDLL(str(_build(cache)))
-    except (OSError, subprocess.SubprocessError) as err:
-        detail = getattr(err, "stderr", b"") or b""
-        log.warning("milkit: CPU kernels unavailable (%s %s); using the PyTorch paths", err,
-                    detail.decode(errors="replace")[:300])
+        path = build()
+        so = ctypes.CDLL(str(path))
+        for name, argtypes in _SIGNATURES.items():
+            fn = getattr(so, name)
+            fn.argtypes, fn.restype = argtypes, None
+    except (OSError, AttributeError, subprocess.SubprocessError) as err:
+        detail = (getattr(err, "stderr", b"") or b"").decode(errors="replace")[:300]
+        hint = f"; delete {path} to rebuild it" if path is not None and path.exists() else ""
+        log.warning("milkit: CPU kernels unavailable (%s%s)%s; using the PyTorch paths", err,
+                    f" {detail}" if detail else "", hint)
         return None
-    for name, argtypes in _SIGNATURES.items():
-        fn = getattr(so, name)
-        fn.argtypes, fn.restype = argtypes, None
     return so
 
 
 def available() -> bool:
-    """True when the CPU kernels are built (or can be) and not disabled with ``MILKIT_CPU_KERNELS=0``."""
+    """True when the CPU kernels are built (building them if needed) and not disabled."""
     return lib() is not None
+
+
+def check(kernel: str, name: str, t: Tensor | None, shape: Sequence[int], dtype: torch.dtype = torch.float32,
+          row_stride: int | None = None, optional: bool = False) -> None:
+    """Raise ``ValueError`` unless ``t`` is what ``kernel`` reads or writes through ``name``: a CPU tensor of
+    ``dtype`` and ``shape``, contiguous, or with ``row_stride``: ``(B, L, C)`` with unit channel stride, rows
+    ``row_stride`` apart and batches ``L · row_stride`` apart. None passes where the argument is ``optional``."""
+    if t is None:
+        if optional:
+            return
+        raise ValueError(f"milkit CPU kernel {kernel}: '{name}' is required")
+    want = f"a {str(dtype).removeprefix('torch.')} CPU tensor of shape {tuple(shape)}"
+    got = f"got {str(t.dtype).removeprefix('torch.')} on {t.device.type}, shape {tuple(t.shape)}"
+    if t.device.type != "cpu" or t.dtype != dtype or tuple(t.shape) != tuple(shape):
+        raise ValueError(f"milkit CPU kernel {kernel}: '{name}' must be {want}, {got}")
+    if row_stride is None:
+        ok = t.is_contiguous()
+    else:
+        bsz, length, _ = shape
+        ok = t.stride(2) == 1 and t.stride(1) == row_stride and (bsz == 1 or t.stride(0) == length * row_stride)
+    if not ok:
+        layout = "contiguous" if row_stride is None else f"rows {row_stride} elements apart"
+        raise ValueError(f"milkit CPU kernel {kernel}: '{name}' must be {layout}, got strides {t.stride()}")
 
 
 def usable(*tensors: Tensor | None) -> bool:
@@ -189,3 +257,8 @@ def run(fn: Callable[..., None], parts: list[tuple[int, int]], args: list[Any],
         return
     with ThreadPoolExecutor(len(parts)) as pool:
         list(pool.map(lambda i: fn(*args, *parts[i], *extra[i]), range(len(parts))))
+
+
+if __name__ == "__main__":  # build ahead of time, e.g. once per node type on a cluster
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    print(build() if lib() is not None else "milkit: CPU kernels unavailable, see the warning above")

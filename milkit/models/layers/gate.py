@@ -33,6 +33,7 @@ class _KernelGate(torch.autograd.Function):
         y = y.contiguous()
         y_r = None if y_r is None else y_r.contiguous()
         z, zs = cpu_kernels.strided_rows(z)
+        _check("gate_fwd", y, z, zs, y_r)
         bsz, length, c = y.shape
         out = cpu_kernels.empty(*y.shape, like=y)
         parts = cpu_kernels.ranges(bsz * length)
@@ -47,8 +48,18 @@ class _KernelGate(torch.autograd.Function):
         y, z, y_r = ctx.saved_tensors
         bsz, length, c = y.shape
         gout = gout.contiguous()
+        _check("gate_bwd", y, z, ctx.zs, y_r)
+        cpu_kernels.check("gate_bwd", "gout", gout, y.shape)
         gy, gz = cpu_kernels.empty(*y.shape, like=y), cpu_kernels.empty(*y.shape, like=y)
         parts = cpu_kernels.ranges(bsz * length)
         args = [gout.data_ptr(), y.data_ptr(), cpu_kernels.ptr(y_r), z.data_ptr(), ctx.zs, c]
         cpu_kernels.run(cpu_kernels.lib().gate_bwd, parts, args, [[gy.data_ptr(), gz.data_ptr()]] * len(parts))
         return gy, gz, None if y_r is None else gy  # d/dy_r = d/dy
+
+
+def _check(kernel: str, y: Tensor, z: Tensor, zs: int, y_r: Tensor | None) -> None:
+    if y.dim() != 3:
+        raise ValueError(f"milkit CPU kernel {kernel}: 'y' must be (B, L, C), got shape {tuple(y.shape)}")
+    cpu_kernels.check(kernel, "y", y, y.shape)
+    cpu_kernels.check(kernel, "y_r", y_r, y.shape, optional=True)
+    cpu_kernels.check(kernel, "z", z, y.shape, row_stride=zs)

@@ -26,10 +26,20 @@ _BLOCK = 64  # steps per checkpoint (the backward's per-tile buffers: 2 · 64 ·
 _TILE = 16  # channels per tile in the C code (W); thread ranges are multiples of it
 
 
-def _common(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, bias: Tensor | None,
-            order: Tensor | None, softplus: bool) -> list[Any]:
-    """The arguments ``scan_fwd`` and ``scan_bwd`` share (pointers, flag, sizes, checkpoint interval)."""
+def _common(kernel: str, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+            bias: Tensor | None, order: Tensor | None, softplus: bool) -> list[Any]:
+    """The arguments ``scan_fwd`` and ``scan_bwd`` share (pointers, flag, sizes, checkpoint interval), checked."""
+    if u.dim() != 3 or A.dim() != 2:
+        raise ValueError(f"milkit CPU kernel {kernel}: 'u' must be (B, L, D) and 'A' (D, N), got shapes "
+                         f"{tuple(u.shape)} and {tuple(A.shape)}")
     bsz, length, d = u.shape
+    n = A.shape[1]
+    for name, t, shape in (("u", u, (bsz, length, d)), ("delta", delta, (bsz, length, d)), ("A", A, (d, n)),
+                           ("B", B, (bsz, length, n)), ("C", C, (bsz, length, n))):
+        cpu_kernels.check(kernel, name, t, shape)
+    cpu_kernels.check(kernel, "D", D, (d,), optional=True)
+    cpu_kernels.check(kernel, "bias", bias, (d,), optional=True)
+    cpu_kernels.check(kernel, "order", order, (bsz, length), dtype=torch.int64, optional=True)
     return [ptr(t) for t in (u, delta, A, B, C, D, bias, order)] + [int(softplus), bsz, length, d, A.shape[1], _BLOCK]
 
 
@@ -38,11 +48,11 @@ def scan_forward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: T
     """The kernel's forward on time-major float32 inputs (``u, delta (B, L, D)``, ``A (D, N)``, ``B, C (B, L, N)``,
     ``D, bias (D,)``, ``order (B, L)`` int64: the output positions of the steps): ``y (B, L, D)`` and the
     checkpoints the backward needs."""
+    common = _common("scan_fwd", u, delta, A, B, C, D, bias, order, softplus)
     bsz, length, d = u.shape
     y = cpu_kernels.empty(*u.shape, like=u)
-    ckpt = cpu_kernels.empty(bsz, -(-length // _BLOCK), -(-d // _TILE) * _TILE, A.shape[1], like=u)
+    ckpt = cpu_kernels.empty(*_ckpt_shape(u, A), like=u)
     ranges = cpu_kernels.ranges(d, _TILE)
-    common = _common(u, delta, A, B, C, D, bias, order, softplus)
     cpu_kernels.run(cpu_kernels.lib().scan_fwd, ranges, common, [[y.data_ptr(), ckpt.data_ptr()]] * len(ranges))
     return y, ckpt
 
@@ -50,18 +60,26 @@ def scan_forward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: T
 def scan_backward(gy: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
                   bias: Tensor | None, order: Tensor | None, softplus: bool, ckpt: Tensor) -> tuple[Tensor | None, ...]:
     """Gradients of ``u, delta, A, B, C, D, bias`` (None for an absent D or bias) from the gradient of ``y``."""
+    common = _common("scan_bwd", u, delta, A, B, C, D, bias, order, softplus)
     gy = gy.float().contiguous()
+    cpu_kernels.check("scan_bwd", "gy", gy, u.shape)
+    cpu_kernels.check("scan_bwd", "ckpt", ckpt, _ckpt_shape(u, A))
     gu, gdelta, gA = cpu_kernels.empty(*u.shape, like=u), cpu_kernels.empty(*u.shape, like=u), torch.empty_like(A)
     gD = None if D is None else torch.empty_like(D)
     gbias = None if bias is None else torch.empty_like(bias)
     ranges = cpu_kernels.ranges(u.shape[2], _TILE)
     gBC = B.new_zeros(len(ranges), 2, *B.shape)  # per-thread dB, dC
-    common = _common(u, delta, A, B, C, D, bias, order, softplus)
     outs = [[gy.data_ptr(), ckpt.data_ptr()] + [ptr(t) for t in (gu, gdelta, gA, gBC[i, 0], gBC[i, 1], gD, gbias)]
             for i in range(len(ranges))]
     cpu_kernels.run(cpu_kernels.lib().scan_bwd, ranges, common, outs)
     gB, gC = gBC.sum(0).unbind(0)
     return gu, gdelta, gA, gB, gC, gD, gbias
+
+
+def _ckpt_shape(u: Tensor, A: Tensor) -> tuple[int, ...]:
+    """The entry states of every block of ``_BLOCK`` steps: ``(B, blocks, D rounded up to tiles, N)``."""
+    bsz, length, d = u.shape
+    return bsz, -(-length // _BLOCK), -(-d // _TILE) * _TILE, A.shape[1]
 
 
 class _KernelScan(torch.autograd.Function):
