@@ -68,7 +68,7 @@ def cohort_features(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple
 @pytest.mark.parametrize("cohort", ["camelyon16", "tcga_nsclc", "tcga_brca"])
 def test_one_epoch_on_the_cohort_by_name(cohort: str, cohort_features, make_cfg, capsys) -> None:
     fdir, n_table, n_rows, n_files = cohort_features[cohort]
-    summary = train(make_cfg(f"data={cohort}", f"data.source.feature_dir={fdir}", *TINY, fast=False))
+    summary = run_safely(train, make_cfg(f"data={cohort}", f"data.source.feature_dir={fdir}", *TINY, fast=False))
     out = capsys.readouterr().out
     assert (f"table ids matched {n_files} files" in out and f"{n_rows} of {n_table}" in out
             and f"{n_table - n_rows} missing" in out and "1 extra files" in out)
