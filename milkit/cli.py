@@ -22,8 +22,8 @@ from omegaconf.errors import MissingMandatoryValue
 from milkit.errors import MILKitError, RunInterrupted, storage_error_line, worker_error_line
 from milkit.utils.io import writable_dir
 
-__all__ = ["CONF_DIR", "OutputDirCheck", "hydra_entry", "run_safely", "train_main", "eval_main", "preprocess_main", "aut_main",
-           "infer_main", "continual_main"]
+__all__ = ["CONF_DIR", "OutputDirCheck", "hydra_entry", "run_safely", "train_main", "eval_main", "preprocess_main",
+           "aut_main", "infer_main", "continual_main"]
 
 #: the packaged config folder ``milkit/conf`` (installed with the package; add your own with ``hydra.searchpath``)
 CONF_DIR = str(Path(__file__).resolve().parent / "conf")

@@ -45,6 +45,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if source.in_dim != loaded.model.in_dim:
         raise ConfigError(f"{cfg.ckpt_path}: model expects D={loaded.model.in_dim}, features have D={source.in_dim}")
     ids = source.records["bag_id"].tolist()
+    if not cfg.get("splits_csv") and (cfg.get("fold", 0) != 0 or cfg.get("split", "test") != "test"):
+        raise ConfigError(f"fold={cfg.get('fold', 0)} split={cfg.get('split', 'test')} select from a split table: "
+                          "give splits_csv=<run>/splits.csv (without it every bag is scored)")
     if cfg.get("splits_csv"):
         ids = _split_ids(load_splits(cfg.splits_csv, source.records), cfg.splits_csv, cfg.get("fold", 0),
                          cfg.get("split", "test"))

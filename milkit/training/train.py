@@ -144,8 +144,8 @@ def _fit_fold(cfg: DictConfig, source: BagSource, fold_splits: pd.DataFrame, fol
         trainer.fit(module, datamodule=dm)
     except RunInterrupted:
         raise RunInterrupted(f"{fold_name} stopped in epoch {trainer.current_epoch}") from None
-    except OSError as exc:
-        if storage_error_line(exc) is None:
+    except OSError as exc:  # a checkpoint could not be written (an unreadable input keeps its own line)
+        if storage_error_line(exc) is None or not str(exc.filename or fold_dir).startswith(str(fold_dir)):
             raise
         raise OutputError(f"{fold_name}: cannot save to {storage_error_line(exc, fold_dir / 'checkpoints')}") from None
     best = _finish_checkpoints(trainer, fold_dir / "checkpoints")

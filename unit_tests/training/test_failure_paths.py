@@ -78,7 +78,8 @@ def test_disk_full_while_saving_a_checkpoint(make_cfg, monkeypatch, capsys) -> N
     cfg = make_cfg()
     code, line = _exit_line(train, cfg, capsys)
     out = Path(cfg.paths.output_dir)
-    assert code == 2 and line == f"milkit: error: fold0: cannot save to {out}/fold0/checkpoints: no space left on device"
+    assert code == 2
+    assert line == f"milkit: error: fold0: cannot save to {out}/fold0/checkpoints: no space left on device"
     assert not [p for p in out.rglob("*") if p.is_file() and "ckpt" in p.name]  # nothing half-written, no temp
 
 
@@ -121,15 +122,17 @@ def trained_run(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("override, message", [
-    ("fold=7", "fold=7 is not in {splits} (folds: 0, 1, 2)"),
-    ("split=tset", "split=tset is not a split name (use train, val, test)"),
+@pytest.mark.parametrize("overrides, message", [
+    (["splits_csv={splits}", "fold=7"], "fold=7 is not in {splits} (folds: 0, 1, 2)"),
+    (["splits_csv={splits}", "split=tset"], "split=tset is not a split name (use train, val, test)"),
+    (["fold=2"], "fold=2 split=test select from a split table: give splits_csv=<run>/splits.csv (without it every "
+                 "bag is scored)"),
 ])
-def test_eval_with_an_unknown_fold_or_split(trained_run: Path, tmp_path: Path, capsys, override: str,
+def test_eval_with_an_unknown_fold_or_split(trained_run: Path, tmp_path: Path, capsys, overrides: list[str],
                                             message: str) -> None:
     splits = trained_run / "splits.csv"
-    cfg = compose_cfg([f"ckpt_path={trained_run / 'fold0/checkpoints/best.ckpt'}", f"splits_csv={splits}", override],
-                      tmp_path, "eval")
+    cfg = compose_cfg([f"ckpt_path={trained_run / 'fold0/checkpoints/best.ckpt'}",
+                       *[o.format(splits=splits) for o in overrides]], tmp_path, "eval")
     code, line = _exit_line(evaluate, cfg, capsys)
     assert code == 2 and line == "milkit: error: " + message.format(splits=splits)
     assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "predictions.csv").exists()
