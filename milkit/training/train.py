@@ -217,7 +217,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 @contextlib.contextmanager
 def _ctrl_c_stops_the_run() -> Iterator[None]:
     """Ctrl-C raises ``RunInterrupted`` in this process (Lightning would turn a KeyboardInterrupt into
-    ``exit(1)``); forked DataLoader workers keep the usual KeyboardInterrupt."""
+    ``exit(1)``); forked DataLoader workers keep the usual KeyboardInterrupt; an ignored SIGINT stays ignored."""
     owner = os.getpid()
 
     def handler(signum: int, frame: Any) -> None:
@@ -226,6 +226,8 @@ def _ctrl_c_stops_the_run() -> Iterator[None]:
         raise RunInterrupted("stopped by Ctrl-C")
 
     try:
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # nohup, background job: Ctrl-C stays ignored
+            raise ValueError
         previous = signal.signal(signal.SIGINT, handler)
     except ValueError:  # not the main thread: leave signals alone
         yield
