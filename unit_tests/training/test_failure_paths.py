@@ -40,6 +40,11 @@ def _script(name: str, args: list[str], cwd: Path, **kw) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
 
 
+def _default_sigint() -> None:
+    """In the child: Ctrl-C acts even when the test run itself ignores SIGINT (a background job)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_a_continual_method_is_refused_by_the_trainer(make_cfg, capsys) -> None:
     code, line = _exit_line(train, make_cfg("method=finetune"), capsys)
     assert code == 2 and "milkit.continual.methods.FineTune is a continual method" in line
@@ -87,7 +92,7 @@ def test_ctrl_c_keeps_finished_folds_and_marks_the_interrupted_one(tmp_path: Pat
     run = tmp_path / "run"
     args = [*[a for a in FAST if not a.startswith(("trainer.max_epochs", "cv.run_folds"))], "cv.run_folds=[0,1]",
             "trainer.max_epochs=1000", "callbacks.early_stopping=null", f"hydra.run.dir={run}"]
-    proc = _script("train.py", args, tmp_path)
+    proc = _script("train.py", args, tmp_path, preexec_fn=_default_sigint)
     staged = run / "fold0" / "checkpoints" / "incomplete" / "best.ckpt"
     deadline = time.monotonic() + 180
     while not staged.exists():  # fold0 has saved a checkpoint and is still training

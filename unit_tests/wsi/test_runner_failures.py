@@ -126,7 +126,8 @@ def test_ctrl_c_is_one_line_and_exit_130(slides, tmp_path) -> None:
     args = [f"input={slides}", f"output={tmp_path / 'run'}", *OVERRIDES, *EXTRA, "batch_size=1"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, str(REPO / "scripts" / "preprocess.py"), *args], env=env, cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # even if ignored here
     feats = tmp_path / "run" / TAG / "features_tiny"
     deadline = time.monotonic() + 120
     while not (feats.is_dir() and list(feats.glob(".s*.h5.*.tmp"))):  # mid-slide: features half written
