@@ -18,6 +18,7 @@ import torch
 from milkit.data.bag import Bag
 from milkit.data.feature_files import FeatureFile, feature_file_meta, read_feature_file
 from milkit.data.matching import bag_table, case_ids, match_slides, resolve_cohort_csv
+from milkit.data.tables import read_table
 from milkit.errors import DataError
 
 __all__ = ["BagSource", "FeatureDirSource", "resolve_label_map"]
@@ -103,14 +104,9 @@ class FeatureDirSource(BagSource):
         self.name = name or self.feature_dir.name
         self.cache = cache
         self._cache: dict[str, Bag] = {}
-        if not self.cohort_csv.exists():
-            raise DataError(f"{self.cohort_csv}: cohort CSV not found")
+        df = read_table(self.cohort_csv, "cohort CSV", ("slide_id", "label"), {"slide_id": str, "case_id": str})
         if not self.feature_dir.is_dir():
             raise DataError(f"{self.feature_dir}: feature directory not found")
-        df = pd.read_csv(self.cohort_csv, dtype={"slide_id": str, "case_id": str})
-        missing = {"slide_id", "label"} - set(df.columns)
-        if missing:
-            raise DataError(f"{self.cohort_csv}: missing column(s) {sorted(missing)} (need slide_id, case_id, label)")
         if df["slide_id"].duplicated().any():
             raise DataError(f"{self.cohort_csv}: slide_id '{df['slide_id'][df['slide_id'].duplicated()].iloc[0]}' appears twice")
         mapping, self.class_names = resolve_label_map(df["label"].tolist(), label_map, str(self.cohort_csv))

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
+from milkit.data.tables import read_table
 from milkit.errors import DataError
 from milkit.utils.io import atomic_path
 
@@ -91,13 +92,7 @@ def save_splits(splits: pd.DataFrame, path: str | Path) -> Path:
 
 def load_splits(path: str | Path, records: pd.DataFrame) -> pd.DataFrame:
     """Read a saved split table and check it against the source's bags."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: split CSV not found")
-    splits = pd.read_csv(path, dtype={"bag_id": str, "case_id": str})
-    missing = {"fold", "bag_id", "case_id", "split"} - set(splits.columns)
-    if missing:
-        raise DataError(f"{path}: missing column(s) {sorted(missing)}")
+    splits = read_table(path, "split CSV", ("fold", "bag_id", "case_id", "split"), {"bag_id": str, "case_id": str})
     unknown = set(splits["bag_id"]) - set(records["bag_id"])
     if unknown:
         raise DataError(f"{path}: bag '{sorted(unknown)[0]}' is not in the data source")

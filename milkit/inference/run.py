@@ -18,13 +18,14 @@ import pandas as pd
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
+from milkit.data.tables import read_table
 from milkit.errors import ConfigError, DataError
 from milkit.inference.options import InferOptions
 from milkit.inference.predictor import SlidePredictor
 from milkit.inference.slide import SlideOutcome, run_slide
 from milkit.preprocess.manifest import one_line
 from milkit.preprocess.slides import SlideEntry, discover_slides, slide_id_of
-from milkit.utils.io import atomic_path
+from milkit.utils.io import atomic_path, writable_dir
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def discover(source: str, extensions: Sequence[str], recursive: bool) -> tuple[l
     entries = discover_slides(path, extensions, recursive)
     labels: dict[str, Any] = {}
     if path.suffix.lower() == ".csv":
-        table = pd.read_csv(path, dtype={"slide_id": str})
+        table = read_table(path, "slide CSV", dtype={"slide_id": str})
         col = next((c for c in ("path", "slide_path", "slide") if c in table.columns), None)
         if "label" in table.columns and col is not None:
             ids = table["slide_id"] if "slide_id" in table.columns else [slide_id_of(Path(str(p))) for p in table[col]]
@@ -139,6 +140,7 @@ def write_batch(outcomes: Sequence[SlideOutcome], predictor: SlidePredictor, out
 def infer(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     """Run slide inference as configured (``milkit/conf/infer.yaml``); returns the batch summary."""
     opts = InferOptions.from_cfg(cfg)
+    writable_dir(opts.output)
     entries, labels = discover(opts.slide, opts.extensions, opts.recursive)
     predictor = build_predictor(opts)
     single = Path(opts.slide).is_file() and Path(opts.slide).suffix.lower() != ".csv"

@@ -6,7 +6,7 @@ import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from milkit.errors import worker_error_line
+from milkit.errors import storage_error_line, worker_error_line
 from milkit.utils.io import atomic_path
 
 __all__ = ["ManifestRow", "Manifest", "one_line"]
@@ -45,7 +45,11 @@ class Manifest:
 
 
 def one_line(exc: BaseException) -> str:
-    """``Type: message`` on one line; for errors re-raised from DataLoader workers, the original cause."""
+    """``Type: message`` on one line; for errors re-raised from DataLoader workers, the original cause; for an
+    output that cannot be written, ``<file>: no space left on device`` (or read-only ...)."""
+    storage = storage_error_line(exc)
+    if storage is not None:
+        return storage
     last = worker_error_line(exc)
     if last is not None:
         return last.split("milkit.errors.", 1)[-1]

@@ -18,12 +18,13 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from milkit.errors import ConfigError
+from milkit.errors import ConfigError, OutputError, RunInterrupted, storage_error_line
 from milkit.features.encoders import PatchEncoder, create_encoder
 from milkit.features.extract import resolve_device
 from milkit.preprocess.manifest import Manifest, ManifestRow, one_line
 from milkit.preprocess.slides import DEFAULT_EXTENSIONS, SlideEntry, discover_slides, shard_slides
 from milkit.preprocess.stages import SlidePaths, extract_stage, segment_stage, tile_stage
+from milkit.utils.io import writable_dir
 from milkit.wsi.readers import open_slide
 from milkit.wsi.segment import Segmenter, create_segmenter
 
@@ -156,6 +157,17 @@ def process_slide(entry: SlideEntry, st: Settings, root: Path, seg: Segmenter, e
     return row
 
 
+def _record(manifest: Manifest, row: ManifestRow, done: int, total: int) -> None:
+    """Add ``row`` to the manifest; when even the manifest cannot be written (disk full), stop with one line."""
+    try:
+        manifest.add(row)
+    except OSError as exc:
+        reason = storage_error_line(exc, manifest.path)
+        if reason is None:
+            raise
+        raise OutputError(f"{reason}; stopped after {done} of {total} slides (rerun to go on)") from None
+
+
 def preprocess(cfg: DictConfig | dict[str, Any]) -> Path:
     """Run the configured stages over the (sharded) cohort; returns the output folder of this resolution."""
     st = Settings.from_cfg(cfg)
@@ -163,14 +175,18 @@ def preprocess(cfg: DictConfig | dict[str, Any]) -> Path:
     encoder = _build(cfg.get("encoder"), create_encoder) if "extract" in st.stages else None
     if "extract" in st.stages and encoder is None:
         raise ConfigError("stage 'extract' needs an encoder (e.g. encoder=tiny or encoder=uni)")
-    root = Path(st.output).expanduser() / run_tag(st.target_mpp, st.patch_size, st.overlap)
+    root = writable_dir(Path(st.output).expanduser() / run_tag(st.target_mpp, st.patch_size, st.overlap))
     entries = shard_slides(discover_slides(st.input, st.extensions, st.recursive), st.shard, st.num_shards)
     name = "manifest.csv" if st.num_shards == 1 else f"manifest_shard{st.shard}of{st.num_shards}.csv"
     manifest = Manifest(root / name)
     device = resolve_device(st.device, st.shard) if encoder is not None else None
-    for entry in tqdm(entries, desc="slides", unit="slide", disable=not st.progress):
-        row = process_slide(entry, st, root, seg, encoder, device)
-        manifest.add(row)
+    for i, entry in enumerate(tqdm(entries, desc="slides", unit="slide", disable=not st.progress)):
+        try:
+            row = process_slide(entry, st, root, seg, encoder, device)
+            _record(manifest, row, i, len(entries))
+        except KeyboardInterrupt:
+            raise RunInterrupted(f"preprocessing stopped at slide {entry.slide_id} ({i} of {len(entries)} done, "
+                                 f"listed in {manifest.path}; a rerun redoes only what is missing)") from None
         if row.status == "failed":
             tqdm.write(f"failed {entry.slide_id}: {row.error}")
     counts = ", ".join(f"{v} {k}" for k, v in sorted(manifest.counts().items())) or "no slides"

@@ -8,6 +8,7 @@ from typing import Sequence
 
 import pandas as pd
 
+from milkit.data.tables import read_table
 from milkit.errors import ConfigError, DataError
 
 __all__ = ["SlideEntry", "discover_slides", "shard_slides", "slide_id_of"]
@@ -30,10 +31,7 @@ def slide_id_of(path: Path) -> str:
 
 
 def _from_csv(csv: Path) -> list[SlideEntry]:
-    try:
-        table = pd.read_csv(csv)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{csv}: cannot read slide CSV ({str(exc).splitlines()[0]})") from None
+    table = read_table(csv, "slide CSV")
     col = next((c for c in ("path", "slide_path", "slide") if c in table.columns), None)
     if col is None:
         raise DataError(f"{csv}: needs a 'path' column (found {', '.join(map(str, table.columns))})")

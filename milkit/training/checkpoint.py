@@ -16,7 +16,9 @@ from milkit.models.base import MILModel
 from milkit.training.metrics import probabilities
 from milkit.types import MILOutput
 
-__all__ = ["LoadedModel", "load_checkpoint", "stats_to_info", "strip_prefix"]
+__all__ = ["INCOMPLETE", "LoadedModel", "load_checkpoint", "stats_to_info", "strip_prefix"]
+
+INCOMPLETE = "incomplete"  # sub-folder of a fold's checkpoints/ while the fold trains (see milkit.training.train)
 
 
 def stats_to_info(stats: FeatureStats | None) -> dict[str, list[float]] | None:
@@ -58,6 +60,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: checkpoint not found")
+    if path.parent.name == INCOMPLETE:
+        raise DataError(f"{path}: checkpoint of a fold whose training did not finish (interrupted); "
+                        f"use a finished fold's checkpoints/best.ckpt")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:

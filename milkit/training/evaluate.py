@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from milkit.data.sources import BagSource
-from milkit.data.splits import load_splits
+from milkit.data.splits import SPLITS, load_splits
 from milkit.errors import ConfigError
 from milkit.training.checkpoint import load_checkpoint
 from milkit.training.metrics import make_metrics
@@ -21,6 +21,19 @@ from milkit.utils.io import atomic_path
 log = logging.getLogger(__name__)
 
 __all__ = ["evaluate"]
+
+
+def _split_ids(splits: pd.DataFrame, where: str, fold: Any, split: Any) -> list[str]:
+    """The bag ids of one (fold, split) of a split table; an unknown fold or split name lists the valid ones."""
+    folds = sorted(int(f) for f in splits["fold"].unique())
+    if not isinstance(fold, int) or fold not in folds:
+        raise ConfigError(f"fold={fold} is not in {where} (folds: {', '.join(map(str, folds))})")
+    if split not in SPLITS:
+        raise ConfigError(f"split={split} is not a split name (use {', '.join(SPLITS)})")
+    sel = splits[(splits["fold"] == fold) & (splits["split"] == split)]
+    if sel.empty:
+        raise ConfigError(f"fold {fold} of {where} has no '{split}' bags")
+    return sel["bag_id"].tolist()
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -35,10 +48,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if source.in_dim != loaded.model.in_dim:
         raise ConfigError(f"{cfg.ckpt_path}: model expects D={loaded.model.in_dim}, features have D={source.in_dim}")
     ids = source.records["bag_id"].tolist()
+    if not cfg.get("splits_csv") and (cfg.get("fold", 0) != 0 or cfg.get("split", "test") != "test"):
+        raise ConfigError(f"fold={cfg.get('fold', 0)} split={cfg.get('split', 'test')} select from a split table: "
+                          "give splits_csv=<run>/splits.csv (without it every bag is scored)")
     if cfg.get("splits_csv"):
-        splits = load_splits(cfg.splits_csv, source.records)
-        sel = splits[(splits["fold"] == cfg.get("fold", 0)) & (splits["split"] == cfg.get("split", "test"))]
-        ids = sel["bag_id"].tolist()
+        ids = _split_ids(load_splits(cfg.splits_csv, source.records), cfg.splits_csv, cfg.get("fold", 0),
+                         cfg.get("split", "test"))
     metrics = make_metrics(loaded.model.num_classes, "eval/")
     rows = []
     for bag_id in ids:

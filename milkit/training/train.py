@@ -3,31 +3,40 @@
 For each (repeat, fold): build the datamodule, model and method from the config, fit with early stopping
 and checkpointing on the validation metric, test the best checkpoint on the fold's test split, and collect
 metrics. Prints a per-fold table with mean ± std and where the outputs went; returns the summary.
+
+While a fold trains, its checkpoints live in ``fold<k>/checkpoints/incomplete/``; they move to
+``fold<k>/checkpoints/`` (``best.ckpt``) only when the fold's fit has finished, so that an interrupted or killed
+fold never leaves a file that ``eval.py``, ``infer_slide.py`` or a teacher path take for a finished one.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import shutil
+import signal
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import lightning as L
 import numpy as np
 import pandas as pd
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import milkit
 from milkit.data.datamodule import MILDataModule
 from milkit.data.sources import BagSource
 from milkit.data.splits import check_splits, load_splits, make_cv_splits, predefined_split, save_splits
-from milkit.errors import ConfigError
-from milkit.training.checkpoint import stats_to_info
+from milkit.errors import ConfigError, OutputError, RunInterrupted, storage_error_line
+from milkit.training.checkpoint import INCOMPLETE, stats_to_info
+from milkit.training.methods import TrainingMethod
 from milkit.training.metrics import METRIC_NAMES
 from milkit.training.module import MILLitModule
-from milkit.utils.io import atomic_path
+from milkit.utils.io import atomic_path, writable_dir
 
 __all__ = ["train", "resolve_splits", "build_run_components", "with_fold"]
 
@@ -90,7 +99,7 @@ def build_run_components(cfg: DictConfig, source: BagSource, fold_splits: pd.Dat
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c]
     for cb in callbacks:
         if isinstance(cb, L.pytorch.callbacks.ModelCheckpoint):
-            cb.dirpath = str(fold_dir / "checkpoints")
+            cb.dirpath = str(fold_dir / "checkpoints" / INCOMPLETE)
     loggers = [instantiate(lg, save_dir=str(fold_dir.parent), name=fold_dir.name, version="")
                for lg in (cfg.get("logger") or {}).values() if lg is not None and "_target_" in lg]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
@@ -98,14 +107,53 @@ def build_run_components(cfg: DictConfig, source: BagSource, fold_splits: pd.Dat
     return dm, module, trainer
 
 
+def _check_method(cfg: DictConfig) -> None:
+    """The method must be a (non-continual) training method: continual ones need ``scripts/continual.py``."""
+    from milkit.continual.methods.base import ContinualMethod
+
+    target = cfg.method._target_
+    try:
+        cls = get_class(target)
+    except Exception:  # noqa: BLE001 - an unknown target fails in one line below, like any other
+        cls = None
+    if isinstance(cls, type) and issubclass(cls, ContinualMethod):
+        raise ConfigError(f"method: {target} is a continual method; run it with scripts/continual.py "
+                          f"(milkit-continual), not the supervised trainer")
+    if not (isinstance(cls, type) and issubclass(cls, TrainingMethod)):
+        raise ConfigError(f"method: {target} is not a milkit TrainingMethod (use supervised, mhim, mhim_v2, ...)")
+
+
+def _finish_checkpoints(trainer: L.Trainer, ckpt_dir: Path) -> str | None:
+    """Move a finished fold's checkpoints out of ``incomplete/``; the best one's final path (None without one)."""
+    ckpt_cb = trainer.checkpoint_callback
+    staged = ckpt_dir / INCOMPLETE
+    if trainer.is_global_zero and staged.is_dir():
+        for f in staged.iterdir():
+            os.replace(f, ckpt_dir / f.name)
+        staged.rmdir()
+    trainer.strategy.barrier()
+    if ckpt_cb is None or not ckpt_cb.best_model_path:
+        return None
+    ckpt_cb.best_model_path = str(ckpt_dir / Path(ckpt_cb.best_model_path).name)
+    return ckpt_cb.best_model_path
+
+
 def _fit_fold(cfg: DictConfig, source: BagSource, fold_splits: pd.DataFrame, fold_dir: Path,
               fold_name: str, seed: int) -> dict[str, Any]:
     L.seed_everything(seed, workers=True, verbose=False)
     dm, module, trainer = build_run_components(cfg, source, fold_splits, fold_dir, fold_name)
+    shutil.rmtree(fold_dir / "checkpoints" / INCOMPLETE, ignore_errors=True)  # left by a killed run
     t0 = time.perf_counter()
-    trainer.fit(module, datamodule=dm)
+    try:
+        trainer.fit(module, datamodule=dm)
+    except RunInterrupted:
+        raise RunInterrupted(f"{fold_name} stopped in epoch {trainer.current_epoch}") from None
+    except OSError as exc:  # a checkpoint could not be written (an unreadable input keeps its own line)
+        if storage_error_line(exc) is None or not str(exc.filename or fold_dir).startswith(str(fold_dir)):
+            raise
+        raise OutputError(f"{fold_name}: cannot save to {storage_error_line(exc, fold_dir / 'checkpoints')}") from None
+    best = _finish_checkpoints(trainer, fold_dir / "checkpoints")
     ckpt_cb = trainer.checkpoint_callback
-    best = ckpt_cb.best_model_path if ckpt_cb is not None and ckpt_cb.best_model_path else None
     row: dict[str, Any] = {"fold": fold_name, "epochs": trainer.current_epoch, "fit_s": time.perf_counter() - t0,
                            "checkpoint": best}
     if ckpt_cb is not None and ckpt_cb.best_model_score is not None:
@@ -157,9 +205,44 @@ def format_table(summary: dict[str, Any]) -> str:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run the configured cross-validation; returns ``{"folds": [...], "test/auroc": {"mean", "std"}, ...}``."""
     _quiet_lightning()
-    out_dir = Path(cfg.paths.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_method(cfg)
+    out_dir = writable_dir(cfg.paths.output_dir)
     t0 = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    with _ctrl_c_stops_the_run():
+        try:
+            return _train(cfg, out_dir, rows, t0)
+        except RunInterrupted as stop:
+            kept = ", ".join(r["fold"] for r in rows) or "none"
+            raise RunInterrupted(f"{stop}; finished folds kept in {out_dir}: {kept} (an interrupted fold's "
+                                 f"checkpoints stay in checkpoints/{INCOMPLETE}/, never taken as finished)") from None
+
+
+@contextlib.contextmanager
+def _ctrl_c_stops_the_run() -> Iterator[None]:
+    """Ctrl-C raises ``RunInterrupted`` in this process (Lightning would turn a KeyboardInterrupt into
+    ``exit(1)``); forked DataLoader workers keep the usual KeyboardInterrupt; an ignored SIGINT stays ignored."""
+    owner = os.getpid()
+
+    def handler(signum: int, frame: Any) -> None:
+        if os.getpid() != owner:
+            raise KeyboardInterrupt
+        raise RunInterrupted("stopped by Ctrl-C")
+
+    try:
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # nohup, background job: Ctrl-C stays ignored
+            raise ValueError
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _train(cfg: DictConfig, out_dir: Path, rows: list[dict[str, Any]], t0: float) -> dict[str, Any]:
     hooks = cfg.get("hooks") or {}
     if hooks.get("before"):
         instantiate(hooks.before)(cfg)  # e.g. generate or preprocess the data the source reads
@@ -169,7 +252,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.info(f"[milkit] files {source.describe_files()}")
     log.info(f"[milkit] model {cfg.model.model_name}  method {cfg.method._target_.rsplit('.', 1)[-1]}  "
              f"output {out_dir}")
-    rows = []
     for repeat in range(int(cfg.cv.get("repeats", 1))):
         splits = resolve_splits(cfg, source, repeat)
         tag = f"r{repeat}_" if cfg.cv.get("repeats", 1) > 1 else ""

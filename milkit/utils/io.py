@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import uuid
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["atomic_path", "tmp_name_for"]
+__all__ = ["atomic_path", "tmp_name_for", "writable_dir", "require_free_space"]
 
 
 def tmp_name_for(path: Path) -> Path:
@@ -33,3 +35,31 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def writable_dir(path: str | os.PathLike, what: str = "output") -> Path:
+    """Create ``path`` (with parents) and check that a file can be written in it; raise a one-line
+    ``OutputError`` naming the path otherwise (read-only, a regular file on the way, disk full)."""
+    from milkit.errors import OutputError
+
+    path = Path(path).expanduser()
+    blocker = next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise OutputError(f"{what} {path}: cannot create a folder there ({blocker} is a file, not a folder)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = tmp_name_for(path / "write_check")
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(f"{what} {path}: cannot write here ({(exc.strerror or str(exc)).lower()})") from None
+    return path
+
+
+def require_free_space(path: str | os.PathLike, nbytes: int) -> None:
+    """Raise ``OSError(ENOSPC)`` naming ``path`` when its file system has less than ``nbytes`` free. Used before
+    writing HDF5: libhdf5 cannot recover from a failed write (the next close of that file segfaults)."""
+    free = shutil.disk_usage(Path(path).parent).free
+    if free < nbytes:
+        raise OSError(errno.ENOSPC, f"No space left on device (needs {nbytes / 2**20:.1f} MiB, "
+                                    f"{free / 2**20:.1f} MiB free)", str(path))

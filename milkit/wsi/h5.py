@@ -3,7 +3,9 @@
 Coordinates ``<slide_id>_patches.h5``: ``coords`` int64 ``(N, 2)`` level-0 top-left ``(x, y)`` with the
 geometry attributes. Features ``<slide_id>.h5``: ``features`` ``(N, D)`` in ``coords`` row order, ``coords``
 with the same attributes, optional ``instance_labels`` ``(N,)`` int64 (−1 = unknown). Files are written to a
-temporary name and renamed; the validators are what a rerun uses to decide whether to redo a slide.
+temporary name and renamed, after checking that the disk has room for them (libhdf5 cannot recover from a
+write that fails for lack of space: it segfaults at the next close; a second writer filling the disk in the
+meantime is not covered). The validators are what a rerun uses to decide whether to redo a slide.
 Bag loading for training lives in ``milkit.data``; this module only reads what extraction needs.
 """
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 
 from milkit import __version__
 from milkit.errors import DataError
-from milkit.utils.io import atomic_path
+from milkit.utils.io import atomic_path, require_free_space
 
 __all__ = ["COORD_ATTRS", "FEATURE_ATTRS", "write_coords", "read_coords", "validate_coords", "feature_writer",
            "validate_features", "FeatureWriter"]
@@ -27,6 +29,7 @@ COORD_ATTRS = ("patch_size", "patch_size_level0", "target_mpp", "level0_mpp", "t
                "patch_level", "downsample", "level_dim", "read_level", "name", "level0_width", "level0_height",
                "segmenter", "milkit_version")
 FEATURE_ATTRS = ("encoder", "weights_hash", "input_size", "precision", "mean", "std")
+_HDF5_OVERHEAD = 128 << 10  # bytes of metadata, attributes and chunk index, generously
 
 
 def _set_attrs(obj: h5py.HLObject, attrs: Mapping[str, Any]) -> None:
@@ -45,9 +48,12 @@ def _attrs(obj: h5py.HLObject) -> dict[str, Any]:
 def write_coords(path: str | os.PathLike, coords: np.ndarray, attrs: Mapping[str, Any]) -> Path:
     """Write ``coords`` ``(N, 2)`` with ``attrs`` (``milkit_version`` added) atomically."""
     coords = np.asarray(coords, np.int64).reshape(-1, 2)
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        ds = f.create_dataset("coords", data=coords, maxshape=(None, 2), chunks=(max(1, min(len(coords), 4096)), 2))
-        _set_attrs(ds, {**attrs, "milkit_version": __version__})
+    with atomic_path(path) as tmp:
+        require_free_space(path, coords.nbytes + 4096 * 16 + _HDF5_OVERHEAD)
+        with h5py.File(tmp, "w") as f:
+            ds = f.create_dataset("coords", data=coords, maxshape=(None, 2),
+                                  chunks=(max(1, min(len(coords), 4096)), 2))
+            _set_attrs(ds, {**attrs, "milkit_version": __version__})
     return Path(path)
 
 
@@ -102,6 +108,8 @@ def feature_writer(path: str | os.PathLike, coords: np.ndarray, coord_attrs: Map
     coords = np.asarray(coords, np.int64).reshape(-1, 2)
     n = len(coords)
     with atomic_path(path) as tmp:
+        row_bytes = dim * np.dtype(dtype).itemsize
+        require_free_space(path, (n + min(n, 1024)) * row_bytes + 3 * coords.nbytes + _HDF5_OVERHEAD)
         with h5py.File(tmp, "w") as f:
             cds = f.create_dataset("coords", data=coords)
             _set_attrs(cds, {**coord_attrs, "milkit_version": __version__})

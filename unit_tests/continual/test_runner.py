@@ -81,3 +81,8 @@ def test_source_task_uses_patient_level_splits_and_loads_lazily() -> None:
     tasks = build_tasks(cfg)
     assert [t.offset for t in tasks] == [0, 2]
     assert {tasks[1].splits.test[i].label for i in range(len(tasks[1].splits.test))} <= {2, 3}
+
+
+def test_a_supervised_method_is_refused_by_the_continual_runner(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="method: Supervised is not a continual method"):
+        run_continual(_cfg(tmp_path, "method=supervised"))

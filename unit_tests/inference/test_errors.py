@@ -1,6 +1,9 @@
-"""Clear one-line errors: encoder weights missing or mismatched, feature dimension ≠ encoder, unreadable slide."""
+"""Clear one-line errors: encoder weights missing or mismatched, feature dimension ≠ encoder, unreadable slide,
+unwritable output, full disk."""
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import subprocess
 import sys
@@ -9,11 +12,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from milkit.errors import ConfigError, DataError, MILKitError
+from milkit.cli import run_safely
+from milkit.errors import ConfigError, DataError, MILKitError, OutputError
 from milkit.features.encoders import create_encoder
 from milkit.features.weights import file_sha256
 from milkit.inference import SlidePredictor, infer
+from milkit.utils.io import atomic_path
 
 from .conftest import linear_probe_checkpoint
 
@@ -128,3 +134,45 @@ def test_infer_yaml_and_options_agree() -> None:
         InferOptions.from_cfg({"slide": "s", "checkpoint": "c", "output": "o", "heatmap": {"opacity": 1}})
     with pytest.raises(ConfigError, match="checkpoint is required"):
         InferOptions.from_cfg({"slide": "s", "output": "o"})
+
+
+def test_output_under_a_regular_file(trained, tmp_path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(OutputError) as exc:
+        infer({"slide": str(tmp_path), "checkpoint": str(trained.checkpoint), "output": str(blocker / "out")})
+    assert _one_line(exc) == f"output {blocker}/out: cannot create a folder there ({blocker} is a file, not a folder)"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "infer_slide.py"), f"slide={tmp_path}",
+                          f"checkpoint={trained.checkpoint}", f"output={blocker}/out"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    (line,) = res.stderr.strip().splitlines()  # Hydra's run folder <output>/.hydra/... is checked first
+    assert res.returncode == 2 and line.startswith(f"milkit: error: run folder (hydra.run.dir) {blocker}/out/.hydra/")
+    assert blocker.read_text() == ""
+
+
+def test_full_disk_fails_the_slide_then_stops_at_the_summary(cohort, trained, tmp_path, monkeypatch, capsys) -> None:
+    @contextlib.contextmanager
+    def write_fails(path):  # ENOSPC at the final flush, after the writer has written
+        with atomic_path(path) as tmp:
+            yield tmp
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    (slides / f"{trained.test_ids[0]}.tiff").symlink_to(cohort.root / "slides" / f"{trained.test_ids[0]}.tiff")
+    cfg = {"slide": str(slides), "checkpoint": str(trained.checkpoint), "output": str(tmp_path / "out"),
+           "heatmap": False, "montage": False, "geojson": False, "progress": False}
+    monkeypatch.setattr("milkit.inference.slide.atomic_path", write_fails)
+    infer(cfg)
+    row = pd.read_csv(tmp_path / "out" / "predictions.csv").iloc[0]
+    prediction = tmp_path / "out" / "slides" / trained.test_ids[0] / "prediction.json"
+    assert row["status"] == "failed" and row["error"] == f"{prediction}: no space left on device"
+    assert not prediction.exists() and not list(prediction.parent.glob("*.tmp"))
+    monkeypatch.setattr("milkit.inference.run.atomic_path", write_fails)
+    with pytest.raises(SystemExit) as info:
+        run_safely(infer, OmegaConf.create({**cfg, "output": str(tmp_path / "out2")}))
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"milkit: error: {tmp_path / 'out2' / 'predictions.csv'}: no space left on device"]
+    assert not list((tmp_path / "out2").glob("*.csv")) and not list((tmp_path / "out2").glob(".*.tmp"))
