@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
 from milkit.errors import MILKitError, worker_error_line
+from milkit.utils import dist  # noqa: F401  (registers ${milkit_rank_zero:} for the configs)
 
 __all__ = ["CONF_DIR", "hydra_entry", "run_safely", "train_main", "eval_main", "preprocess_main", "aut_main",
            "infer_main", "continual_main"]

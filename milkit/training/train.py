@@ -27,6 +27,7 @@ from milkit.errors import ConfigError
 from milkit.training.checkpoint import stats_to_info
 from milkit.training.metrics import METRIC_NAMES
 from milkit.training.module import MILLitModule
+from milkit.utils.dist import is_global_zero
 from milkit.utils.io import atomic_path
 
 __all__ = ["train", "resolve_splits", "build_run_components", "with_fold"]
@@ -153,6 +154,8 @@ def format_table(summary: dict[str, Any]) -> str:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run the configured cross-validation; returns ``{"folds": [...], "test/auroc": {"mean", "std"}, ...}``."""
     _quiet_lightning()
+    writer = is_global_zero()  # under DDP every process runs train(); one writes the run's files and prints
+    say = print if writer else (lambda *a, **k: None)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -160,13 +163,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if hooks.get("before"):
         instantiate(hooks.before)(cfg)  # e.g. generate or preprocess the data the source reads
     source: BagSource = instantiate(cfg.data.source)
-    print(f"[milkit] data  {source.describe()}")
-    print(f"[milkit] model {cfg.model.model_name}  method {cfg.method._target_.rsplit('.', 1)[-1]}  output {out_dir}")
+    say(f"[milkit] data  {source.describe()}")
+    say(f"[milkit] model {cfg.model.model_name}  method {cfg.method._target_.rsplit('.', 1)[-1]}  output {out_dir}")
     rows = []
     for repeat in range(int(cfg.cv.get("repeats", 1))):
         splits = resolve_splits(cfg, source, repeat)
         tag = f"r{repeat}_" if cfg.cv.get("repeats", 1) > 1 else ""
-        save_splits(splits, out_dir / f"{tag}splits.csv")
+        if writer:
+            save_splits(splits, out_dir / f"{tag}splits.csv")
         folds = sorted(splits["fold"].unique())
         wanted = cfg.cv.get("run_folds")
         for fold in folds if wanted is None else [f for f in folds if f in set(wanted)]:
@@ -176,17 +180,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             row["repeat"] = repeat
             rows.append(row)
             shown = "  ".join(f"{k.split('/')[1]}={row[k]:.3f}" for k in row if k.startswith("test/"))
-            print(f"[milkit] {name}: {shown}  epochs={row['epochs']}  ({row['fit_s']:.1f}s)")
+            say(f"[milkit] {name}: {shown}  epochs={row['epochs']}  ({row['fit_s']:.1f}s)")
     summary = _summarise(rows)
     summary["wall_s"] = time.perf_counter() - t0
     monitored = f"best_{cfg.monitor}"
     if monitored in summary:  # the sweep objective is a validation score, never a test score
         summary["objective"] = summary[monitored]["mean"]
-    with atomic_path(out_dir / "results.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=2))
-    print(format_table(summary))
+    if writer:
+        with atomic_path(out_dir / "results.json") as tmp:
+            tmp.write_text(json.dumps(summary, indent=2))
+    say(format_table(summary))
     if hooks.get("after"):
         summary["after"] = instantiate(hooks.after)(cfg, summary)  # e.g. slide inference on held-out slides
-    print(f"[milkit] splits, checkpoints and logs: {out_dir}  (results.json, *splits.csv, fold*/)  "
+    say(f"[milkit] splits, checkpoints and logs: {out_dir}  (results.json, *splits.csv, fold*/)  "
           f"total {summary['wall_s']:.0f}s")
     return summary
