@@ -30,6 +30,7 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=1024)
     p.add_argument("--dtypes", nargs="+", default=["float16", "float32"])
     p.add_argument("--models", nargs="+", default=["abmil", "transmil"])
+    p.add_argument("--epoch-bags", type=int, default=None, help="epochs over the first K bags of the cohort only")
     p.add_argument("--transmil-bags", type=int, default=6, help="TransMIL epochs over the first K bags only")
     p.add_argument("--threads", type=int, default=None, help="torch threads in the training process")
     p.add_argument("--num-workers", type=int, default=None, help="override the config default")
@@ -49,7 +50,7 @@ def main() -> None:
         cohort = write_cohort(base / f"{a.bags}x{a.min_n}-{a.max_n}x{a.dim}_{dtype}", a.bags, a.min_n, a.max_n,
                               a.dim, dtype)
         for model in a.models:
-            max_bags = a.transmil_bags if model == "transmil" else None
+            max_bags = a.transmil_bags if model == "transmil" else a.epoch_bags
             runs = [("compute", "-"), ("e2e", "cold"), ("e2e", "warm")]
             run = run_epochs if a.quick else run_isolated
             res = {k: run(cohort=cohort, model_name=model, mode=m, cache=c, loader=loader,

@@ -135,3 +135,21 @@ def test_torchrun_two_nodes_match_the_single_process_run(make_cfg, tmp_path: Pat
          "splits.csv", "train.log"]
     assert _files(out / "rank1") == ["train.log"]
     assert "[milkit] fold0" in logs[0] and "[milkit] fold0" not in logs[1]
+
+
+@pytest.mark.parametrize("config_name, launcher, gpus", [("preprocess", "slurm_preprocess", 1),
+                                                         ("train", "slurm_train", 1), ("aut", "slurm_aut", None)])
+def test_slurm_launcher_configs_compose(config_name: str, launcher: str, gpus: int | None) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from milkit.cli import CONF_DIR
+
+    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+        cfg = compose(config_name, overrides=[f"hydra/launcher={launcher}", "hydra.launcher.partition=gpu"],
+                      return_hydra_config=True)
+    la = cfg.hydra.launcher
+    assert la._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert la.partition == "gpu" and la.gpus_per_node == gpus and la.cpus_per_task >= 8 and la.mem_gb >= 16
+    assert la.timeout_min >= 240 and la.array_parallelism >= 32 and la.max_num_timeout == 0
+    if config_name == "train":
+        assert cfg.hydra.callbacks.collect_results._target_ == "milkit.training.collect.CollectResults"
