@@ -80,6 +80,6 @@ def test_a_single_bag_is_collated_without_a_copy() -> None:
     batch = collate_bags([bag])
     assert batch.x.shape == (1, 7, 3) and batch.x.data_ptr() == bag.features.data_ptr()
     assert batch.mask.all() and batch.y.tolist() == [1] and batch.ids == ["b"]
-    padded = collate_bags([bag, Bag(torch.randn(2, 3), 0, "c")])  # the padded path gives the same first row
+    padded = collate_bags([bag, Bag(torch.randn(2, 3), 0, "c", torch.zeros(2, 2))])  # padded: the same first row
     assert torch.equal(padded.x[0], batch.x[0]) and torch.equal(padded.coords[0], batch.coords[0])
     assert torch.equal(padded.instance_y[0], batch.instance_y[0]) and padded.mask[0].all()
