@@ -4,8 +4,10 @@
     python scripts/bench_loading.py --quick                      # CI size, seconds
     python scripts/bench_loading.py --root /work/bench_cohort    # the full cohort (see docs/benchmarks.md)
 
-Prints one row per configuration and the ratio compute-only ÷ end-to-end epoch time (1.0 = loading is free);
-writes the rows as JSON with --out.
+Prints one row per configuration: the ratio compute-only ÷ end-to-end epoch time (1.0 = loading is free), and the
+time the training loop spent blocked waiting for the next batch (its share of the epoch; on a machine shared
+with other jobs this is the steadier measure, as the wall times of all rows move with the load); peak RSS.
+Writes the rows as JSON with --out.
 """
 from __future__ import annotations
 
@@ -64,6 +66,7 @@ def main() -> None:
                 rows.append(row)
                 print(f"{dtype:8s} {model:9s} {mode:8s} {cache:5s} bags={row['bags']:4d} GB={row['gb_on_disk']:6.2f} "
                       f"epoch={row['epoch_s']:8.2f}s cpu={row['main_cpu_s']:8.2f}s compute/e2e={row['ratio']:.3f} "
+                      f"wait={row['data_wait_s']:6.2f}s ({100 * row['wait_share']:4.1f}%) "
                       f"peakRSS={row['peak_rss_gb']:.2f}GB worker={row['worker_peak_rss_gb']:.2f}GB "
                       f"({row['evict']})")
     print(f"load average after: {os.getloadavg()[0]:.1f}")

@@ -134,16 +134,24 @@ def run_epochs(cohort: Path, model_name: str, mode: str, cache: str, loader: dic
                 pass
         else:
             drop = drop_page_cache(files, system_wide_drop)
-        t0, c0 = time.perf_counter(), time.process_time()
-        for batch in loader_:
+        t0, c0, wait = time.perf_counter(), time.process_time(), 0.0
+        batches = iter(loader_)
+        while True:  # the time blocked waiting for the next batch is what loading costs the training loop
+            t = time.perf_counter()
+            batch = next(batches, None)
+            wait += time.perf_counter() - t
+            if batch is None:
+                break
             step(batch)
-        del loader_
+        del batches, loader_
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    wait = wait if mode == "e2e" else 0.0
     rss, worker_rss = _rss_peaks()
     n_inst = sum(h5py.File(p, "r")["features"].shape[0] for p in files)
     gb = sum(p.stat().st_size for p in files) / 1e9
     return {"model": model_name, "mode": mode, "cache": cache, "bags": len(files), "instances": n_inst,
             "gb_on_disk": round(gb, 6), "epoch_s": round(wall, 2), "main_cpu_s": round(cpu, 2),
+            "data_wait_s": round(wait, 2), "wait_share": round(wait / wall, 3),
             "peak_rss_gb": round(rss, 2), "worker_peak_rss_gb": round(worker_rss, 2), "evict": drop,
             "threads": torch.get_num_threads(), **{f"loader.{k}": v for k, v in loader.items()}}
 
