@@ -47,6 +47,7 @@ def resolve_splits(cfg: DictConfig, source: BagSource, repeat: int) -> pd.DataFr
 def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*worker processes in total.*")  # I/O-bound loaders: more than cores
     warnings.filterwarnings("ignore", message=r".*overridden `transfer_batch_to_device`.*")
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
