@@ -23,6 +23,7 @@ from omegaconf.errors import MissingMandatoryValue
 from milkit.errors import MILKitError, RunInterrupted, storage_error_line, worker_error_line
 from milkit.utils.io import writable_dir
 from milkit.utils.log import configure_cli_logging
+from milkit.utils import dist  # noqa: F401  (registers ${milkit_rank_zero:} for the configs)
 
 __all__ = ["CONF_DIR", "OutputDirCheck", "hydra_entry", "run_safely", "train_main", "eval_main", "preprocess_main",
            "aut_main", "infer_main", "continual_main"]

@@ -37,18 +37,22 @@ def subsample_bag(bag: Bag, max_instances: int, generator: torch.Generator | Non
 
 
 def collate_bags(bags: Sequence[Bag]) -> BagBatch:
-    """Right-pad bags to the longest one. Padding: features 0, coords 0, instance labels -1, mask False."""
+    """Right-pad bags to the longest one. Padding: features 0, coords 0, instance labels -1, mask False.
+    A single bag needs no padding: its features become ``x`` as a view (no copy of the ``(N, D)`` array, which
+    at WSI scale is a large share of a DataLoader worker's time)."""
     b, n_max, d = len(bags), max(len(bag) for bag in bags), bags[0].features.shape[1]
-    x = torch.zeros(b, n_max, d, dtype=bags[0].features.dtype)
-    mask = torch.zeros(b, n_max, dtype=torch.bool)
+    one = b == 1
+    x = bags[0].features.unsqueeze(0) if one else torch.zeros(b, n_max, d, dtype=bags[0].features.dtype)
+    mask = torch.full((b, n_max), one, dtype=torch.bool)
     has_coords = all(bag.coords is not None for bag in bags)
     has_inst = any(bag.instance_labels is not None for bag in bags)
     coords = torch.zeros(b, n_max, 2, dtype=torch.float32) if has_coords else None
     inst = torch.full((b, n_max), -1, dtype=torch.long) if has_inst else None
     for i, bag in enumerate(bags):
         n = len(bag)
-        x[i, :n] = bag.features
-        mask[i, :n] = True
+        if not one:
+            x[i, :n] = bag.features
+            mask[i, :n] = True
         if coords is not None:
             coords[i, :n] = bag.coords.to(torch.float32)
         if inst is not None and bag.instance_labels is not None:

@@ -18,6 +18,7 @@ import h5py
 import numpy as np
 import torch
 
+from milkit.data.fast_read import read_dataset, to_float32_checked_finite
 from milkit.errors import DataError
 
 __all__ = ["FeatureFile", "read_feature_file", "feature_file_meta", "FEATURE_SUFFIXES"]
@@ -50,15 +51,15 @@ def _check(path: Path, ff: FeatureFile) -> FeatureFile:
         raise DataError(f"{path}: 'features' must have shape (N, D), got {feats.shape}")
     if feats.shape[0] == 0:
         raise DataError(f"{path}: empty bag (0 instances)")
-    if not np.isfinite(feats).all():
-        bad = int((~np.isfinite(feats)).any(axis=1).sum())
+    feats, bad = to_float32_checked_finite(feats)
+    if bad:
         raise DataError(f"{path}: features contain NaN or inf in {bad} of {feats.shape[0]} rows")
     for name, arr in (("coords", ff.coords), ("instance_labels", ff.instance_labels)):
         if arr is not None and arr.shape[0] != feats.shape[0]:
             raise DataError(f"{path}: '{name}' has {arr.shape[0]} rows but 'features' has {feats.shape[0]}")
     if ff.coords is not None and (ff.coords.ndim != 2 or ff.coords.shape[1] != 2):
         raise DataError(f"{path}: 'coords' must have shape (N, 2), got {ff.coords.shape}")
-    ff.features = np.ascontiguousarray(feats, dtype=np.float32)
+    ff.features = feats
     return ff
 
 
@@ -81,10 +82,10 @@ def read_feature_file(path: str | Path) -> FeatureFile:
             if "features" not in f:
                 raise DataError(f"{path}: no 'features' dataset (found: {', '.join(f.keys()) or 'nothing'})")
             feats = f["features"]
-            coords = f["coords"][:].astype(np.int64) if "coords" in f else None
-            inst = f["instance_labels"][:].astype(np.int64) if "instance_labels" in f else None
+            coords = read_dataset(f["coords"]).astype(np.int64) if "coords" in f else None
+            inst = read_dataset(f["instance_labels"]).astype(np.int64) if "instance_labels" in f else None
             attrs = {**(_attrs(f["coords"]) if "coords" in f else {}), **_attrs(feats)}
-            return _check(path, FeatureFile(feats[:], coords, inst, attrs))
+            return _check(path, FeatureFile(read_dataset(feats), coords, inst, attrs))
     except DataError:
         raise
     except Exception as e:  # h5py/torch raise many types for corrupt files

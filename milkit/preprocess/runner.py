@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from milkit.errors import ConfigError, OutputError, RunInterrupted, storage_error_line
 from milkit.features.encoders import PatchEncoder, create_encoder
 from milkit.features.extract import resolve_device
+from milkit.preprocess.cohort import in_hydra_multirun, merge_manifests, resolve_shard, shard_manifest_name
 from milkit.preprocess.manifest import Manifest, ManifestRow, one_line
 from milkit.preprocess.slides import DEFAULT_EXTENSIONS, SlideEntry, discover_slides, shard_slides
 from milkit.preprocess.stages import SlidePaths, extract_stage, segment_stage, tile_stage
@@ -60,8 +61,9 @@ class Settings:
     cpu_threads: int | str | None = "auto"
     precision: str | None = None
     feature_dtype: str = "float32"
-    shard: int = 0
-    num_shards: int = 1
+    shard: int | None = None        # None: the SLURM array task, else 0 (see preprocess.cohort.resolve_shard)
+    num_shards: int | None = None
+    merge: bool = True              # a sharded run merges the shard manifests into manifest.csv when it ends
     progress: bool = True
 
     @classmethod
@@ -73,8 +75,8 @@ class Settings:
                 raise ConfigError(f"{key} is required (e.g. {key}=/path/to/{'slides' if key == 'input' else 'out'})")
         kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in names}
         bad = [s for s in kw.get("stages", STAGES) if s not in STAGES]
-        if bad:
-            raise ConfigError(f"stages: unknown {', '.join(bad)} (use {', '.join(STAGES)})")
+        if bad and tuple(kw["stages"]) != ("merge",):
+            raise ConfigError(f"stages: unknown {', '.join(bad)} (use {', '.join(STAGES)}, or [merge] alone)")
         return cls(**kw)
 
 
@@ -169,16 +171,22 @@ def _record(manifest: Manifest, row: ManifestRow, done: int, total: int) -> None
 
 
 def preprocess(cfg: DictConfig | dict[str, Any]) -> Path:
-    """Run the configured stages over the (sharded) cohort; returns the output folder of this resolution."""
+    """Run the configured stages over the (sharded) cohort; returns the output folder of this resolution.
+    ``stages=[merge]`` only merges the shard manifests of ``num_shards`` shards into ``manifest.csv``."""
     st = Settings.from_cfg(cfg)
+    st.shard, st.num_shards = resolve_shard(st.shard, st.num_shards, in_hydra_multirun())
+    root = Path(st.output).expanduser() / run_tag(st.target_mpp, st.patch_size, st.overlap)
+    cohort = discover_slides(st.input, st.extensions, st.recursive)
+    if st.stages == ("merge",):
+        log.info(merge_manifests(root, cohort, st.num_shards).summary())
+        return root
     seg = _build(cfg.get("segmenter"), create_segmenter) or create_segmenter()
     encoder = _build(cfg.get("encoder"), create_encoder) if "extract" in st.stages else None
     if "extract" in st.stages and encoder is None:
         raise ConfigError("stage 'extract' needs an encoder (e.g. encoder=tiny or encoder=uni)")
-    root = writable_dir(Path(st.output).expanduser() / run_tag(st.target_mpp, st.patch_size, st.overlap))
-    entries = shard_slides(discover_slides(st.input, st.extensions, st.recursive), st.shard, st.num_shards)
-    name = "manifest.csv" if st.num_shards == 1 else f"manifest_shard{st.shard}of{st.num_shards}.csv"
-    manifest = Manifest(root / name)
+    root = writable_dir(root)
+    entries = shard_slides(cohort, st.shard, st.num_shards)
+    manifest = Manifest(root / shard_manifest_name(st.shard, st.num_shards))
     device = resolve_device(st.device, st.shard) if encoder is not None else None
     for i, entry in enumerate(tqdm(entries, desc="slides", unit="slide", disable=not st.progress)):
         try:
@@ -191,4 +199,6 @@ def preprocess(cfg: DictConfig | dict[str, Any]) -> Path:
             tqdm.write(f"failed {entry.slide_id}: {row.error}")
     counts = ", ".join(f"{v} {k}" for k, v in sorted(manifest.counts().items())) or "no slides"
     log.info(f"preprocess: {counts} → {root} (manifest: {manifest.path})")
+    if st.num_shards > 1 and st.merge:
+        log.info(merge_manifests(root, cohort, st.num_shards).summary())
     return root

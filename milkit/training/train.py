@@ -36,6 +36,7 @@ from milkit.training.checkpoint import INCOMPLETE, stats_to_info
 from milkit.training.methods import TrainingMethod
 from milkit.training.metrics import METRIC_NAMES
 from milkit.training.module import MILLitModule
+from milkit.utils.dist import is_global_zero
 from milkit.utils.io import atomic_path, writable_dir
 
 __all__ = ["train", "resolve_splits", "build_run_components", "with_fold"]
@@ -56,6 +57,7 @@ def resolve_splits(cfg: DictConfig, source: BagSource, repeat: int) -> pd.DataFr
 def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*worker processes in total.*")  # I/O-bound loaders: more than cores
     warnings.filterwarnings("ignore", message=r".*overridden `transfer_batch_to_device`.*")
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -247,6 +249,7 @@ def _train(cfg: DictConfig, out_dir: Path, rows: list[dict[str, Any]], t0: float
     if hooks.get("before"):
         instantiate(hooks.before)(cfg)  # e.g. generate or preprocess the data the source reads
     source: BagSource = instantiate(cfg.data.source)
+    writer = is_global_zero()  # under DDP every process runs train(); one writes the run's files
     log.info(f"[milkit] data  {source.describe()}")
     if source.describe_files() is not None:
         log.info(f"[milkit] files {source.describe_files()}")
@@ -255,7 +258,8 @@ def _train(cfg: DictConfig, out_dir: Path, rows: list[dict[str, Any]], t0: float
     for repeat in range(int(cfg.cv.get("repeats", 1))):
         splits = resolve_splits(cfg, source, repeat)
         tag = f"r{repeat}_" if cfg.cv.get("repeats", 1) > 1 else ""
-        save_splits(splits, out_dir / f"{tag}splits.csv")
+        if writer:
+            save_splits(splits, out_dir / f"{tag}splits.csv")
         folds = sorted(splits["fold"].unique())
         wanted = cfg.cv.get("run_folds")
         for fold in folds if wanted is None else [f for f in folds if f in set(wanted)]:
@@ -271,8 +275,9 @@ def _train(cfg: DictConfig, out_dir: Path, rows: list[dict[str, Any]], t0: float
     monitored = f"best_{cfg.monitor}"
     if monitored in summary:  # the sweep objective is a validation score, never a test score
         summary["objective"] = summary[monitored]["mean"]
-    with atomic_path(out_dir / "results.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=2))
+    if writer:
+        with atomic_path(out_dir / "results.json") as tmp:
+            tmp.write_text(json.dumps(summary, indent=2))
     log.info(format_table(summary))
     if hooks.get("after"):
         summary["after"] = instantiate(hooks.after)(cfg, summary)  # e.g. slide inference on held-out slides

@@ -88,3 +88,13 @@ def test_subsample_keeps_order_and_alignment() -> None:
     assert len(sub) == 6 and torch.all(sub.features[1:, 0] > sub.features[:-1, 0])
     assert torch.equal(sub.instance_labels, sub.features[:, 0].long())
     assert subsample_bag(bag, 50) is bag
+
+
+def test_a_single_bag_is_collated_without_a_copy() -> None:
+    bag = Bag(torch.randn(7, 3), 1, "b", torch.arange(14).reshape(7, 2), torch.tensor([0, 1, 0, 0, 1, 0, 0]))
+    batch = collate_bags([bag])
+    assert batch.x.shape == (1, 7, 3) and batch.x.data_ptr() == bag.features.data_ptr()
+    assert batch.mask.all() and batch.y.tolist() == [1] and batch.ids == ["b"]
+    padded = collate_bags([bag, Bag(torch.randn(2, 3), 0, "c", torch.zeros(2, 2))])  # padded: the same first row
+    assert torch.equal(padded.x[0], batch.x[0]) and torch.equal(padded.coords[0], batch.coords[0])
+    assert torch.equal(padded.instance_y[0], batch.instance_y[0]) and padded.mask[0].all()
