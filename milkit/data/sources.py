@@ -76,7 +76,8 @@ class FeatureDirSource(BagSource):
     Args:
         feature_dir: folder holding ``<slide_id>.h5`` or ``<slide_id>.pt``.
         cohort_csv: columns ``slide_id, case_id, label`` (+ optional ``split``); ``case_id`` defaults to
-            ``slide_id`` when absent.
+            ``slide_id`` when absent. Other columns (e.g. ``survival_months, event``) are kept in ``records`` for
+            the task to read; ``label`` may be absent when the task does not use it (survival).
         label_map: ``{name: index}``, list of names, or None (sorted unique labels).
         cache: keep loaded bags in RAM after the first read.
         validate: read every file once before training, so that NaN/inf, a features/coords row mismatch or an
@@ -95,18 +96,22 @@ class FeatureDirSource(BagSource):
         if not self.feature_dir.is_dir():
             raise DataError(f"{self.feature_dir}: feature directory not found")
         df = pd.read_csv(self.cohort_csv, dtype={"slide_id": str, "case_id": str})
-        missing = {"slide_id", "label"} - set(df.columns)
+        missing = {"slide_id"} - set(df.columns)
         if missing:
             raise DataError(f"{self.cohort_csv}: missing column(s) {sorted(missing)} (need slide_id, case_id, label)")
         if df["slide_id"].duplicated().any():
             raise DataError(f"{self.cohort_csv}: slide_id '{df['slide_id'][df['slide_id'].duplicated()].iloc[0]}' appears twice")
-        mapping, self.class_names = resolve_label_map(df["label"].tolist(), label_map, str(self.cohort_csv))
+        labels = df["label"] if "label" in df else pd.Series([None] * len(df))
+        mapping, self.class_names = ({}, []) if "label" not in df else resolve_label_map(
+            labels.tolist(), label_map, str(self.cohort_csv))
         case = df["case_id"] if "case_id" in df else df["slide_id"]
         self.records = pd.DataFrame({"bag_id": df["slide_id"], "case_id": case.astype(str),
-                                     "label": [mapping[str(v)] for v in df["label"]],
-                                     "label_name": [self.class_names[mapping[str(v)]] for v in df["label"]]})
+                                     "label": [mapping.get(str(v), -1) for v in labels],
+                                     "label_name": [self.class_names[mapping[str(v)]] if mapping else "" for v in labels]})
         if "split" in df:
             self.records["split"] = df["split"].astype(str).str.lower()
+        for col in df.columns.difference(["slide_id", "case_id", "label", "split"]):
+            self.records[col] = df[col].to_numpy()  # task columns (survival times ...)
         self._labels = {b: int(y) for b, y in zip(self.records["bag_id"], self.records["label"])}
         self._paths = {b: self._find(b) for b in self.records["bag_id"]}
         self._meta = {b: self._read_meta(b, validate) for b in self._paths}
