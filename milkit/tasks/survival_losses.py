@@ -53,7 +53,7 @@ def nll_hazard_loss(logits: Tensor, bins: Tensor, event: Tensor, alpha: float = 
 def cox_loss(logits: Tensor, time: Tensor, event: Tensor) -> Tensor:
     """Negative Cox partial log-likelihood (Efron ties, mean over events) of the log hazards ``logits (B, 1)``."""
     event = event.bool().view(-1)
-    if not event.any():  # no comparable pair in this batch
+    if len(event) < 2 or not event.any():  # no comparable pair in this batch
         return logits.sum() * 0.0
     return neg_partial_log_likelihood(logits.float().view(-1), event, time.float().view(-1), ties_method="efron",
                                       reduction="mean")
