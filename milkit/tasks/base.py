@@ -62,6 +62,10 @@ class Task:
     def prepare(self, source: Any) -> Any:
         return source
 
+    def strata(self, records: pd.DataFrame, folds: int) -> pd.DataFrame:  # noqa: ARG002
+        """``records`` with the ``label`` column that stratifies ``folds``-fold splits."""
+        return records
+
     def fit(self, train_records: pd.DataFrame) -> None:  # noqa: ARG002
         """Learn fold-dependent state from the training bags' records only."""
 

@@ -68,6 +68,13 @@ class SurvivalTask(Task):
         self._records, self._where = bags.records, bags.where
         return bags
 
+    def strata(self, records: pd.DataFrame, folds: int) -> pd.DataFrame:
+        """bin × event; the event alone when some bin × event stratum has fewer than ``folds`` cases."""
+        per_case = records.groupby("case_id")["label"].first()
+        if per_case.value_counts().min() >= folds:
+            return records
+        return records.assign(label=records["event"].astype(int))
+
     def fit(self, train_records: pd.DataFrame) -> None:
         cohort = self.bins_from == "cohort" and self._records is not None
         recs = self._records if cohort else train_records

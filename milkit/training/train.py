@@ -34,13 +34,15 @@ __all__ = ["train", "resolve_splits", "build_run_components", "with_fold"]
 log = logging.getLogger("milkit")
 
 
-def resolve_splits(cfg: DictConfig, source: BagSource, repeat: int) -> pd.DataFrame:
-    """The split table: a saved CSV, the cohort's own ``split`` column, or a fresh seeded K-fold."""
+def resolve_splits(cfg: DictConfig, source: BagSource, repeat: int, task: Task | None = None) -> pd.DataFrame:
+    """The split table: a saved CSV, the cohort's own ``split`` column, or a fresh seeded K-fold stratified on the
+    task's key (``task.strata``)."""
     if cfg.cv.get("splits_csv"):
         return load_splits(cfg.cv.splits_csv, source.records)
     if "split" in source.records and cfg.cv.get("use_cohort_split", True):
         return check_splits(predefined_split(source.records), "cohort split column")
-    return check_splits(make_cv_splits(source.records, int(cfg.cv.folds), int(cfg.seed) + repeat))
+    records = source.records if task is None else task.strata(source.records, int(cfg.cv.folds))
+    return check_splits(make_cv_splits(records, int(cfg.cv.folds), int(cfg.seed) + repeat))
 
 
 def _quiet_lightning() -> None:
@@ -182,7 +184,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
           f"task {task.name}  output {out_dir}")
     rows = []
     for repeat in range(int(cfg.cv.get("repeats", 1))):
-        splits = resolve_splits(cfg, source, repeat)
+        splits = resolve_splits(cfg, source, repeat, task)
         tag = f"r{repeat}_" if cfg.cv.get("repeats", 1) > 1 else ""
         save_splits(splits, out_dir / f"{tag}splits.csv")
         folds = sorted(splits["fold"].unique())
