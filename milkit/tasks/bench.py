@@ -34,7 +34,7 @@ from milkit.training.train import train
 from milkit.types import BagBatch
 from milkit.utils.io import atomic_path
 
-__all__ = ["mean_pool_cox_cindex", "run_cindex", "run_step", "main"]
+__all__ = ["mean_pool_cox_cindex", "report", "run_cindex", "run_step", "main"]
 
 #: (name, overrides) per benchmarked configuration; widths reduced for the CPU
 RUNS = {
@@ -74,9 +74,16 @@ def mean_pool_cox_cindex(source: Any, splits: pd.DataFrame, steps: int = 300, lr
     return out
 
 
-def _stats(per_seed: list[float]) -> str:
-    sd = statistics.stdev(per_seed) if len(per_seed) > 1 else 0.0
-    return f"{statistics.mean(per_seed):.3f} ± {sd:.3f}"
+def _stats(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.3f} ± {sd:.3f}"
+
+
+def _record(out_dir: Path, record: dict[str, Any]) -> None:
+    """Append one (run, seed) result to ``runs.jsonl`` at once: an interrupted benchmark keeps what it measured."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "runs.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 def run_cindex(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -85,39 +92,49 @@ def run_cindex(args: argparse.Namespace) -> list[dict[str, Any]]:
               "trainer.min_epochs=1", "monitor=val/cindex", "monitor_mode=max",
               f"callbacks.early_stopping.patience={args.patience}", "task.km_plot=false", "task.bootstrap=0",
               "logger=none", *args.overrides]
-    rows: list[dict[str, Any]] = []
-    per_seed: dict[str, list[float]] = {}
-    oracle: list[float] = []
     for seed in args.seeds:
         cfg = compose_run(common + [f"seed={seed}"], out_dir / "baseline")
         task = SurvivalTask()
         source = task.prepare(instantiate(cfg.data.source))
         splits = make_cv_splits(task.strata(source.records, args.folds), args.folds, seed)
-        per_seed.setdefault("mean-pool Cox (baseline)", []).append(float(np.mean(mean_pool_cox_cindex(source, splits))))
+        if cfg.cv.get("run_folds") is not None:
+            splits = splits[splits["fold"].isin(list(cfg.cv.run_folds))]
+        oracle = [harrell_cindex(torch.tensor(source.records.set_index("bag_id").loc[ids, "true_risk"].to_numpy(float)),
+                                 torch.tensor(source.records.set_index("bag_id").loc[ids, "time"].to_numpy(float)),
+                                 torch.tensor(source.records.set_index("bag_id").loc[ids, "event"].to_numpy(int)))
+                  for ids in (f.loc[f["split"] == "test", "bag_id"] for _, f in splits.groupby("fold"))]
+        _record(out_dir, {"run": "mean-pool Cox (baseline)", "seed": seed,
+                          "cindex": float(np.mean(mean_pool_cox_cindex(source, splits))), "oracle": float(np.mean(oracle))})
         for name in args.runs:
             extra = RUNS[name] + (SMALL_ABMIL if "abmil" in name and "rrt" not in name else [])
             t0 = time.perf_counter()
             summary = train(compose_run(common + extra + [f"seed={seed}"], out_dir / name.replace("/", "_") / str(seed)))
-            per_seed.setdefault(name, []).append(summary["test/cindex"]["mean"])
-            if name == args.runs[0]:
-                oracle.append(summary["test/oracle_cindex"]["mean"])
-            print(f"[bench] seed {seed} {name}: c-index {summary['test/cindex']['mean']:.3f} "
-                  f"(oracle {summary['test/oracle_cindex']['mean']:.3f}) {time.perf_counter() - t0:.0f}s", flush=True)
-        rows = _write(out_dir, per_seed, oracle)  # after every seed, so an interrupted run leaves its table
-    return rows
+            rec = {"run": name, "seed": seed, "cindex": summary["test/cindex"]["mean"],
+                   "oracle": summary["test/oracle_cindex"]["mean"], "folds": len(summary["folds"]),
+                   "wall_s": time.perf_counter() - t0}
+            _record(out_dir, rec)
+            print(f"[bench] seed {seed} {name}: c-index {rec['cindex']:.3f} (oracle {rec['oracle']:.3f}) "
+                  f"{rec['wall_s']:.0f}s", flush=True)
+    return report([out_dir])
 
 
-def _write(out_dir: Path, per_seed: dict[str, list[float]], oracle: list[float]) -> list[dict[str, Any]]:
-    o = statistics.mean(oracle) if oracle else float("nan")
-    rows = [{"model": k, "cindex": _stats(v), "gap_to_oracle": round(o - statistics.mean(v), 3), "seeds": len(v),
-             "per_seed": [round(x, 4) for x in v]} for k, v in per_seed.items()]
-    rows.append({"model": "oracle (true risk)", "cindex": _stats(oracle) if oracle else "-", "gap_to_oracle": 0.0,
-                 "seeds": len(oracle), "per_seed": [round(x, 4) for x in oracle]})
-    with atomic_path(out_dir / "bench_survival.json") as tmp:
+def report(dirs: list[Path]) -> list[dict[str, Any]]:
+    """The table from the ``runs.jsonl`` of one or more benchmark outputs (e.g. one process per seed)."""
+    records = [json.loads(line) for d in dirs for line in (Path(d) / "runs.jsonl").read_text().splitlines() if line]
+    by_run: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        by_run.setdefault(r["run"], []).append(r)
+    rows = []
+    for name, recs in by_run.items():
+        c, o = [r["cindex"] for r in recs], [r["oracle"] for r in recs]
+        rows.append({"model": name, "cindex": _stats(c), "oracle": _stats(o), "gap_to_oracle": statistics.mean(o) -
+                     statistics.mean(c), "seeds": sorted(r["seed"] for r in recs), "folds": recs[0].get("folds")})
+    with atomic_path(Path(dirs[0]) / "bench_survival.json") as tmp:
         tmp.write_text(json.dumps(rows, indent=2))
-    print("\n| model / loss | test c-index (mean ± std over seeds) | gap to oracle |\n|---|---|---|")
+    print("\n| model / loss | test c-index (mean ± std over seeds) | oracle c-index (same folds) | gap to oracle | seeds |"
+          "\n|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['cindex']} | {r['gap_to_oracle']:+.3f} |")
+        print(f"| {r['model']} | {r['cindex']} | {r['oracle']} | {r['gap_to_oracle']:+.3f} | {len(r['seeds'])} |")
     return rows
 
 
@@ -168,17 +185,24 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="milkit survival benchmark")
     sub = parser.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("cindex")
-    c.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
+    c.add_argument("--runs", nargs="*", default=list(RUNS), choices=list(RUNS), help="none: the baseline only")
     c.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     c.add_argument("--folds", type=int, default=5)
     c.add_argument("--epochs", type=int, default=20)
     c.add_argument("--patience", type=int, default=5)
     c.add_argument("--output", default="outputs/bench_survival")
     c.add_argument("overrides", nargs="*", help="extra train.yaml overrides (e.g. data.source.n_patients=200)")
+    r = sub.add_parser("report")
+    r.add_argument("dirs", nargs="+", help="benchmark output folders (their runs.jsonl)")
     s = sub.add_parser("step")
     s.add_argument("--n", type=int, default=2000)
     s.add_argument("--in-dim", type=int, default=1024)
     s.add_argument("--steps", type=int, default=10)
     s.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args(argv)
-    run_cindex(args) if args.cmd == "cindex" else run_step(args)
+    if args.cmd == "cindex":
+        run_cindex(args)
+    elif args.cmd == "report":
+        report([Path(d) for d in args.dirs])
+    else:
+        run_step(args)
