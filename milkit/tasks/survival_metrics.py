@@ -87,7 +87,8 @@ def survival_scores(risk: Tensor, time: Tensor, event: Tensor, surv_at_edges: Te
 
 
 class SurvivalMetrics(Metric):
-    """Collects ``(risk, time, event, S at the bin edges)`` over an epoch; ``compute()`` → ``{prefix+name: value}``."""
+    """Collects ``(risk, time, event, S at the bin edges)`` over an epoch; ``compute()`` → ``{prefix + name: value}``
+    (torchmetrics gathers the states across DDP ranks)."""
 
     full_state_update = False
 

@@ -161,7 +161,8 @@ def format_table(summary: dict[str, Any], names: tuple[str, ...]) -> str:
         lines.append(f"{r['fold']:<10}" + "".join(f"{r.get(c, float('nan')):>{w}.3f}" for c, w in zip(cols, widths))
                      + f"{r['epochs']:>8}")
     ms = [summary.get(c) for c in cols]
-    for label, spread in (("mean±std", "std"), ("±repeats", "repeat_std")):  # ±repeats: std over the CV repeats' means
+    # ±repeats: the std over the means of the CV repeats
+    for label, spread in (("mean±std", "std"), ("±repeats", "repeat_std")):
         if spread == "std" or any(m and spread in m for m in ms):
             lines.append(f"{label:<10}" + "".join(f"{m['mean']:>{w - 5}.3f}±{m[spread]:.2f}" if m else f"{'-':>{w}}"
                                                   for m, w in zip(ms, widths)))

@@ -49,7 +49,8 @@ def test_survival_training_learns_and_writes_outputs(tmp_path: Path) -> None:
     from milkit.data.synthetic_survival import SyntheticSurvivalSource
     from milkit.tasks import SurvivalTask
 
-    records = SurvivalTask().prepare(SyntheticSurvivalSource(160, min_size=20, max_size=60, symmetric=False, seed=0)).records
+    records = SurvivalTask().prepare(SyntheticSurvivalSource(160, min_size=20, max_size=60, symmetric=False,
+                                                             seed=0)).records
     train_ids = set(splits.query("split == 'train'")["bag_id"])
     tr = records[records["bag_id"].isin(train_ids)]
     np.testing.assert_allclose(info["task"]["inner_edges"], quantile_edges(tr["time"].to_numpy(), tr["event"].to_numpy(),
@@ -57,6 +58,11 @@ def test_survival_training_learns_and_writes_outputs(tmp_path: Path) -> None:
     assert not np.allclose(info["task"]["inner_edges"], quantile_edges(records["time"].to_numpy(),
                                                                        records["event"].to_numpy(), 4, "x"))
     assert loaded.task.inner_edges == info["task"]["inner_edges"] and loaded.model.num_classes == 4
+    bags = SurvivalTask().prepare(SyntheticSurvivalSource(160, min_size=20, max_size=60, symmetric=False, seed=0))
+    reported = loaded.predict(bags.load(preds["bag_id"][0]))  # what slide inference reports
+    assert float(reported["risk"]) == pytest.approx(preds["risk"][0], rel=1e-5)
+    np.testing.assert_allclose(reported["survival"].numpy(), preds.loc[0, ["S_0", "S_1", "S_2", "S_3"]].to_numpy(float),
+                               rtol=1e-5)
     assert (out / "km_test.png").stat().st_size > 1000 and 0 <= summary["logrank_p"] <= 1
 
     # checkpoint → eval.py on the same fold's test split gives the training run's test risks
@@ -73,7 +79,8 @@ def test_bins_from_cohort_reproduces_upstream(tmp_path: Path) -> None:
     from milkit.data.synthetic_survival import SyntheticSurvivalSource
     from milkit.tasks import SurvivalTask
 
-    records = SurvivalTask().prepare(SyntheticSurvivalSource(160, min_size=20, max_size=60, symmetric=False, seed=0)).records
+    records = SurvivalTask().prepare(SyntheticSurvivalSource(160, min_size=20, max_size=60, symmetric=False,
+                                                             seed=0)).records
     info = torch.load(out / "fold0" / "checkpoints" / "best.ckpt", weights_only=False)["milkit"]
     np.testing.assert_allclose(info["task"]["inner_edges"], quantile_edges(records["time"].to_numpy(),
                                                                            records["event"].to_numpy(), 4, "x"))
