@@ -5,11 +5,12 @@ over 1..``max_slides`` slides; features are ``N(±signal · u_type, I)`` with ra
 background, at the origin) and, with ``symmetric`` (default), a random sign per instance: the bag *mean* then
 carries no type information, so mean pooling cannot recover the risk while attention can (``symmetric=false``:
 one centre per type, the research note's design, under which a mean-pooled linear Cox model is near-oracle).
-The true log-hazard is ``risk_scale · (f · β)`` with ``f`` the patient's realised type fractions and ``β`` = (background 0, low-risk tumour 0, aggressive tumour +1.5, protective immune -1.0).
-Times follow a Weibull proportional-hazards model (shape 1.2, scale 40 months), censoring is exponential
-(mean 70) with an administrative cut at 120 months: with the defaults about 30 % censored, oracle c-index ≈ 0.80. The
-instance types are kept as ``instance_labels`` (localisation checks) and ``true_risk`` per slide row gives the
-oracle c-index of any set of patients.
+The true log-hazard is ``risk_scale · (f · β)`` with ``f`` the patient's realised type fractions and
+``β`` = (background 0, low-risk tumour 0, aggressive tumour +1.5, protective immune -1.0). Times follow a Weibull
+proportional-hazards model (shape 1.2, scale 40 months), censoring is exponential (mean 70) with an
+administrative cut at 120 months: with the defaults about 30 % censored, oracle c-index ≈ 0.80. The instance
+types are kept as ``instance_labels`` (localisation checks) and ``true_risk`` per slide row gives the oracle
+c-index of any set of patients.
 """
 from __future__ import annotations
 

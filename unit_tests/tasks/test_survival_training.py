@@ -53,8 +53,8 @@ def test_survival_training_learns_and_writes_outputs(tmp_path: Path) -> None:
                                                              seed=0)).records
     train_ids = set(splits.query("split == 'train'")["bag_id"])
     tr = records[records["bag_id"].isin(train_ids)]
-    np.testing.assert_allclose(info["task"]["inner_edges"], quantile_edges(tr["time"].to_numpy(), tr["event"].to_numpy(),
-                                                                          4, "x"))
+    train_edges = quantile_edges(tr["time"].to_numpy(), tr["event"].to_numpy(), 4, "x")
+    np.testing.assert_allclose(info["task"]["inner_edges"], train_edges)
     assert not np.allclose(info["task"]["inner_edges"], quantile_edges(records["time"].to_numpy(),
                                                                        records["event"].to_numpy(), 4, "x"))
     assert loaded.task.inner_edges == info["task"]["inner_edges"] and loaded.model.num_classes == 4
@@ -75,7 +75,8 @@ def test_survival_training_learns_and_writes_outputs(tmp_path: Path) -> None:
 
 
 def test_bins_from_cohort_reproduces_upstream(tmp_path: Path) -> None:
-    _, out = run(tmp_path, "task.bins_from=cohort", "trainer.max_epochs=1", "trainer.min_epochs=1", "task.km_plot=false")
+    _, out = run(tmp_path, "task.bins_from=cohort", "trainer.max_epochs=1", "trainer.min_epochs=1",
+                 "task.km_plot=false")
     from milkit.data.synthetic_survival import SyntheticSurvivalSource
     from milkit.tasks import SurvivalTask
 
