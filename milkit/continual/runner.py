@@ -30,6 +30,7 @@ from milkit.continual.tasks import build_tasks
 from milkit.data.bag import Bag, collate_bags
 from milkit.errors import ConfigError
 from milkit.models.base import MILModel
+from milkit.tasks import build_task
 from milkit.utils.io import atomic_path
 from milkit.utils.workers import worker_init
 
@@ -85,6 +86,8 @@ def _format_row(matrix: ContinualMatrix, t: int, metric: str) -> str:
 
 def run_continual(cfg: DictConfig) -> dict[str, Any]:
     """Run the continual protocol described by ``cfg`` (root config ``milkit/conf/continual.yaml``); returns the results."""
+    if build_task(cfg).name != "classification":
+        raise ConfigError(f"continual learning supports task=classification only, got task={build_task(cfg).name}")
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     tasks = build_tasks(cfg.continual.tasks)

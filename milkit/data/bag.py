@@ -14,13 +14,16 @@ __all__ = ["Bag", "collate_bags", "subsample_bag"]
 
 @dataclass
 class Bag:
-    """A single bag. Shapes: features ``(N, D)`` float32, coords ``(N, 2)``, instance_labels ``(N,)`` long."""
+    """A single bag. Shapes: features ``(N, D)`` float32, coords ``(N, 2)``, instance_labels ``(N,)`` long,
+    slide_index ``(N,)`` long (slide of origin within a patient-level bag). ``label``: a class index, or
+    ``(time, event)`` for survival."""
 
     features: Tensor
-    label: int | None
+    label: int | tuple[float, float] | None
     bag_id: str
     coords: Tensor | None = None
     instance_labels: Tensor | None = None
+    slide_index: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
@@ -33,7 +36,8 @@ def subsample_bag(bag: Bag, max_instances: int, generator: torch.Generator | Non
         return bag
     idx = torch.randperm(n, generator=generator)[:max_instances].sort().values
     pick = lambda t: None if t is None else t[idx]  # noqa: E731
-    return Bag(bag.features[idx], bag.label, bag.bag_id, pick(bag.coords), pick(bag.instance_labels))
+    return Bag(bag.features[idx], bag.label, bag.bag_id, pick(bag.coords), pick(bag.instance_labels),
+               pick(bag.slide_index))
 
 
 def collate_bags(bags: Sequence[Bag]) -> BagBatch:
@@ -58,5 +62,7 @@ def collate_bags(bags: Sequence[Bag]) -> BagBatch:
         if inst is not None and bag.instance_labels is not None:
             inst[i, :n] = bag.instance_labels
     labels = [bag.label for bag in bags]
-    y = None if any(label is None for label in labels) else torch.as_tensor(labels, dtype=torch.long)
+    survival = isinstance(labels[0], tuple)  # (time, event) → (B, 2) float
+    y = None if any(label is None for label in labels) else torch.as_tensor(
+        labels, dtype=torch.float32 if survival else torch.long)
     return BagBatch(x=x, mask=mask, y=y, coords=coords, instance_y=inst, ids=[bag.bag_id for bag in bags])

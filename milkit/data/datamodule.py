@@ -1,6 +1,7 @@
 """Bag datasets and the LightningDataModule for one fold of a split table."""
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Sequence
 
 import lightning as L
@@ -28,7 +29,7 @@ class FeatureStats:
         return cls(x.mean(0).float(), x.std(0, unbiased=False).float())
 
     def __call__(self, bag: Bag) -> Bag:
-        return Bag((bag.features - self.mean) / self.std, bag.label, bag.bag_id, bag.coords, bag.instance_labels)
+        return replace(bag, features=(bag.features - self.mean) / self.std)
 
 
 class BagDataset(Dataset):

@@ -87,7 +87,9 @@ class FeatureDirSource(BagSource):
             rules of :mod:`milkit.data.matching`: exact, without slide extension, TCGA barcode prefix).
         cohort_csv: a path or a packaged cohort name (``camelyon16``, ``tcga_nsclc`` ...; ``data/cohorts``);
             columns ``slide_id, case_id, label`` (+ optional ``split``); ``case_id`` defaults to the TCGA
-            patient barcode (first 12 characters) or else the ``slide_id`` when absent.
+            patient barcode (first 12 characters) or else the ``slide_id`` when absent. Other columns (e.g.
+            ``survival_months, event``) are kept in ``records`` for the task to read; ``label`` may be absent
+            when the task does not use it (survival).
         label_map: ``{name: index}``, list of names, or None (sorted unique labels).
         cache: keep loaded bags in RAM after the first read.
         validate: read every file once before training, so that NaN/inf, a features/coords row mismatch or an
@@ -104,12 +106,13 @@ class FeatureDirSource(BagSource):
         self.name = name or self.feature_dir.name
         self.cache = cache
         self._cache: dict[str, Bag] = {}
-        df = read_table(self.cohort_csv, "cohort CSV", ("slide_id", "label"), {"slide_id": str, "case_id": str})
+        df = read_table(self.cohort_csv, "cohort CSV", ("slide_id",), {"slide_id": str, "case_id": str})
         if not self.feature_dir.is_dir():
             raise DataError(f"{self.feature_dir}: feature directory not found")
         if df["slide_id"].duplicated().any():
             raise DataError(f"{self.cohort_csv}: slide_id '{df['slide_id'][df['slide_id'].duplicated()].iloc[0]}' appears twice")
-        mapping, self.class_names = resolve_label_map(df["label"].tolist(), label_map, str(self.cohort_csv))
+        mapping, self.class_names = ({}, []) if "label" not in df else resolve_label_map(
+            df["label"].tolist(), label_map, str(self.cohort_csv))
         df = df.assign(case_id=df["case_id"].astype(str) if "case_id" in df else case_ids(df["slide_id"]))
         df = df[~df["slide_id"].isin(set(exclude))]
         self.match = match_slides(df["slide_id"], self.feature_dir, strict, str(self.cohort_csv))
@@ -117,11 +120,14 @@ class FeatureDirSource(BagSource):
             log.warning("%s: %s", self.cohort_csv.name, self.match.summary())
         df = bag_table(df, self.match, str(self.cohort_csv))
         self._paths = dict(zip(df["bag_id"], df["path"]))
+        labels = df["label"] if "label" in df else pd.Series([None] * len(df))
         self.records = pd.DataFrame({"bag_id": df["bag_id"], "case_id": df["case_id"],
-                                     "label": [mapping[str(v)] for v in df["label"]],
-                                     "label_name": [self.class_names[mapping[str(v)]] for v in df["label"]]})
+                                     "label": [mapping.get(str(v), -1) for v in labels],
+                                     "label_name": [self.class_names[mapping[str(v)]] if mapping else "" for v in labels]})
         if "split" in df:
             self.records["split"] = df["split"].astype(str).str.lower()
+        for col in df.columns.difference(["slide_id", "case_id", "label", "split", "bag_id", "path"]):
+            self.records[col] = df[col].to_numpy()  # task columns (survival times ...)
         self._labels = {b: int(y) for b, y in zip(self.records["bag_id"], self.records["label"])}
         self._meta = {b: self._read_meta(b, validate) for b in self._paths}
         dims = {m["dim"] for m in self._meta.values()}

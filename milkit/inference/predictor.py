@@ -28,7 +28,6 @@ from milkit.inference.settings import (SlideSettings, build_encoder, build_segme
 from milkit.preprocess.runner import run_tag
 from milkit.preprocess.stages import SlidePaths, extract_stage, segment_stage, tile_stage
 from milkit.training.checkpoint import LoadedModel, load_checkpoint
-from milkit.training.metrics import probabilities
 from milkit.wsi.geojson import load_geojson
 from milkit.wsi.h5 import read_coords, validate_features
 from milkit.wsi.readers import SlideReader
@@ -50,11 +49,11 @@ class PreparedSlide:
 
 @dataclass
 class Prediction:
-    probs: np.ndarray              # (C,)
+    probs: np.ndarray              # (C,); empty for non-classification tasks (their outputs are in ``extras``)
     scores: np.ndarray | None      # (N,) raw instance scores, None for models without them
     bag: FeatureFile
     model_s: float
-    extras: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)   # survival: risk (), survival (K,)
 
 
 class SlidePredictor:
@@ -163,11 +162,13 @@ class SlidePredictor:
 
     # ---- model ----------------------------------------------------------------------------------------
     def predict(self, features: Path, slide_id: str) -> Prediction:
-        """Class probabilities and raw instance scores for one features file."""
+        """The task's outputs (class probabilities; survival: risk and survival per bin) and raw instance scores
+        for one features file."""
         ff = read_feature_file(features)
         t0 = time.perf_counter()
         coords = None if ff.coords is None else torch.from_numpy(ff.coords)
         out = self.loaded.forward_bag(Bag(torch.from_numpy(ff.features), None, slide_id, coords))
-        probs = probabilities(out.logits)[0].numpy()
+        reported = {k: v[0].float().numpy() for k, v in self.loaded.task.predict(out.logits).items()}
+        probs = reported.pop("probs", np.zeros(0))
         scores = None if out.instance_scores is None else out.instance_scores[0].float().numpy()
-        return Prediction(probs, scores, ff, time.perf_counter() - t0)
+        return Prediction(probs, scores, ff, time.perf_counter() - t0, reported)

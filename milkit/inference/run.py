@@ -70,8 +70,10 @@ def _row(out: SlideOutcome) -> dict[str, Any]:
     row = {"slide_id": r["slide_id"], "path": r["path"], "status": r["status"], "error": r.get("error", "")}
     if r["status"] != "ok":
         return row
-    row.update({"label": r["label"], "predicted_label": r["predicted_label"], "num_instances": r["num_instances"]})
-    row.update({f"prob_{i}": p for i, p in enumerate(r["probabilities"].values())})
+    row.update({"label": r["label"], "predicted_label": r.get("predicted_label"), "num_instances": r["num_instances"]})
+    row.update({f"prob_{i}": p for i, p in enumerate(r.get("probabilities", {}).values())})
+    row.update({k: r[k] for k in ("risk",) if k in r})
+    row.update({f"S_{k}": s for k, s in enumerate(r.get("survival_per_bin", []))})
     if "localization" in r:
         row["instance_auc"] = r["localization"]["instance_auc"]
     row.update({f"{k}_s": round(v, 4) for k, v in r["timings_s"].items()})
@@ -103,7 +105,8 @@ def bag_metrics(outcomes: Sequence[SlideOutcome], class_names: Sequence[str]) ->
     """Bag AUC (positive = last class, or macro one-vs-rest) and accuracy for labelled slides."""
     from sklearn.metrics import roc_auc_score
 
-    rows = [o.record for o in outcomes if o.record["status"] == "ok" and o.record.get("label") is not None]
+    rows = [o.record for o in outcomes if o.record["status"] == "ok" and o.record.get("label") is not None
+            and "probabilities" in o.record]
     index = {str(n): i for i, n in enumerate(class_names)}
     known = [r for r in rows if str(r["label"]) in index]
     if len({str(r["label"]) for r in known}) < 2:

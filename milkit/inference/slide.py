@@ -98,12 +98,10 @@ def run_slide(predictor: SlidePredictor, entry: SlideEntry, opts: InferOptions, 
         slide_info = {"reader": reader.name, "level0_dimensions": list(reader.dimensions), "level0_mpp": reader.mpp,
                       "mpp_source": reader.mpp_result.source, "read_level": geom.read_level,
                       "read_downsample": geom.read_downsample, "patch_size_level0": geom.patch_size_level0}
-    k = int(np.argmax(pred.probs))
     record: dict[str, Any] = {
         "slide_id": sid, "path": str(entry.path), "status": "ok", "checkpoint": str(predictor.checkpoint),
-        "model": predictor.loaded.cfg.get("model", {}).get("model_name"), "class_names": names,
-        "probabilities": {n: float(p) for n, p in zip(names, pred.probs)}, "predicted_label": names[k],
-        "predicted_index": k, "label": label, "num_instances": int(len(pred.bag.features)),
+        "model": predictor.loaded.cfg.get("model", {}).get("model_name"), **_task_fields(pred, predictor, names),
+        "label": label, "num_instances": int(len(pred.bag.features)),
         "instance_scores": pred.scores is not None,
         "settings": {**predictor.describe(), **slide_info},
         "features": {"path": str(prep.features), "reused_from": prep.reused_from, "computed": list(prep.computed)},
@@ -118,6 +116,18 @@ def run_slide(predictor: SlidePredictor, entry: SlideEntry, opts: InferOptions, 
     with atomic_path(folder / "prediction.json") as tmp:
         tmp.write_text(json.dumps(record, indent=2, default=_jsonable))
     return SlideOutcome(record, pred.scores, labels)
+
+
+def _task_fields(pred: Any, predictor: SlidePredictor, names: list[str]) -> dict[str, Any]:
+    """Classification: probabilities and the predicted class; survival: risk and the survival curve per bin."""
+    if not len(pred.probs):
+        task = predictor.loaded.task
+        return {"task": task.name, "risk": float(pred.extras["risk"]),
+                **({"survival_per_bin": pred.extras["survival"].tolist(), "bin_inner_edges": task.state().get(
+                    "inner_edges")} if "survival" in pred.extras else {})}
+    k = int(np.argmax(pred.probs))
+    return {"class_names": names, "probabilities": {n: float(p) for n, p in zip(names, pred.probs)},
+            "predicted_label": names[k], "predicted_index": k}
 
 
 def _jsonable(obj: Any) -> Any:

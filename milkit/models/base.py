@@ -8,7 +8,7 @@
   aggregator (R²T); it is a mask-aware identity by default. Signature ``(h, mask) -> h``.
 * ``aggregate`` is the model-specific part; it returns ``BagFeatures``.
 * ``forward_head`` maps features to logits; methods can swap heads (CoMEL) or reuse embeddings (MHIM).
-* ``target_losses(out, y)`` returns model-intrinsic auxiliary losses that need the bag label
+* ``target_losses(out, y, task)`` returns model-intrinsic auxiliary losses that need the bag label
   (CLAM's instance clustering, DSMIL's max-instance loss). Label-free auxiliary losses go to
   ``MILOutput.aux_losses``. The training module adds both to the task loss.
 """
@@ -71,8 +71,9 @@ class MILModel(nn.Module):
         return MILOutput(logits=logits, instance_scores=scores, bag_embedding=feats.bag_embedding,
                          aux_losses=feats.aux_losses, extras=feats.extras)
 
-    def target_losses(self, out: MILOutput, y: Tensor) -> dict[str, Tensor]:  # noqa: ARG002
-        """Model-intrinsic losses that need the bag labels ``y (B,)``; already weighted."""
+    def target_losses(self, out: MILOutput, y: Tensor, task: Any = None) -> dict[str, Tensor]:  # noqa: ARG002
+        """Model-intrinsic losses that need the targets ``y``; already weighted. ``task``: the
+        ``milkit.tasks.Task`` (None = classification), whose ``loss`` / ``categorical`` they may use."""
         return {}
 
     @property

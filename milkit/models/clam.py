@@ -30,8 +30,13 @@ Deviations / choices:
 ``instance_scores``: raw (pre-softmax) attention; for MB the branch of the predicted class, as CLAM's heatmaps
 do. ``extras["attention"]`` holds all branches ``(B, K, N)`` and ``extras["instance_embeddings"]`` the ``fc``
 output ``(B, N, 512)`` that the instance loss classifies.
+
+Under ``task=survival`` (no class labels) the instance clustering loss is off: CLAM trains on the survival loss
+of its bag head alone (its ``K`` = ``n_bins`` attention branches for MB are kept, one per bin).
 """
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -112,7 +117,10 @@ class CLAM(MILModel):
         logits = self.head(feats.bag_embedding)
         return logits.squeeze(-1) if self.multi_branch else logits
 
-    def target_losses(self, out: MILOutput, y: Tensor) -> dict[str, Tensor]:
+    def target_losses(self, out: MILOutput, y: Tensor, task: Any = None) -> dict[str, Tensor]:
+        """Instance clustering needs class labels: off (no loss) under non-categorical tasks such as survival."""
+        if task is not None and not task.categorical:
+            return {}
         return {"instance_loss": self.instance_weight * self.instance_loss(out.extras["attention"],
                                                                            out.extras["instance_embeddings"], y)}
 

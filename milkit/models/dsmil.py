@@ -14,7 +14,8 @@ Training loss (paper): ``0.5·L(bag) + 0.5·L(max-instance)``. milkit's training
 ``target_losses``, which returns ``max_instance_weight · L(max-instance)`` with weight 1.0, so the total is
 **2 × the paper's loss** (same minimiser; with Adam equivalent to the paper's run with half its weight
 decay, so double ``weight_decay`` to match the paper exactly). ``L`` is milkit's task loss (CE for C ≥ 2,
-BCE for C = 1); the official code uses BCE on one-hot labels for every C.
+BCE for C = 1); the official code uses BCE on one-hot labels for every C. Under ``task=survival`` ``L`` is
+the survival loss: the max-instance logits (one per bin, critical instance per bin) are a second survival head.
 
 Outputs: ``logits`` are the bag (B-classifier) logits (the official code can also average the sigmoids of
 both streams at test time; not done here). ``instance_scores`` are the max over classes of the
@@ -28,7 +29,7 @@ the paper; the official scripts leave it off, ``v = h``); ``nonlinear_q=True``.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -86,10 +87,12 @@ class DSMIL(MILModel):
     def forward_head(self, feats: BagFeatures) -> Tensor:
         return self.head(feats.bag_embedding).squeeze(-1)  # (B, C, 1) → (B, C)
 
-    def target_losses(self, out: MILOutput, y: Tensor) -> dict[str, Tensor]:
+    def target_losses(self, out: MILOutput, y: Tensor, task: Any = None) -> dict[str, Tensor]:
+        """The task's loss on the critical instance's logits (survival: the same NLL / Cox on its own head)."""
         from milkit.training.methods.base import task_loss  # lazy: training imports models
 
-        return {"max_instance_loss": self.max_instance_weight * task_loss(out.extras["max_instance_logits"], y)}
+        loss = task_loss if task is None else task.loss
+        return {"max_instance_loss": self.max_instance_weight * loss(out.extras["max_instance_logits"], y)}
 
 
 _TINY = {"embed_dims": (16,), "q_dim": 8}

@@ -13,6 +13,7 @@ from milkit.data.bag import Bag
 from milkit.data.datamodule import FeatureStats
 from milkit.errors import DataError
 from milkit.models.base import MILModel
+from milkit.tasks import Task, build_task
 from milkit.training.metrics import probabilities
 from milkit.types import MILOutput
 
@@ -40,6 +41,7 @@ class LoadedModel:
     feature_meta: dict[str, Any] = field(default_factory=dict)
     stats: FeatureStats | None = None
     path: Path | None = None
+    task: Task | None = None   # with its fitted state (survival: the training fold's bins)
 
     @torch.no_grad()
     def forward_bag(self, bag: Bag) -> MILOutput:
@@ -53,6 +55,12 @@ class LoadedModel:
     def predict_bag(self, bag: Bag) -> torch.Tensor:
         """Class probabilities ``(C,)`` for one bag."""
         return probabilities(self.forward_bag(bag).logits)[0]
+
+    def predict(self, bag: Bag) -> dict[str, torch.Tensor]:
+        """What the task reports for one bag (classification: ``probs (C,)``; survival: ``risk ()``,
+        ``survival (K,)``), plus the model output under ``"output"``."""
+        out = self.forward_bag(bag)
+        return {**{k: v[0] for k, v in self.task.predict(out.logits).items()}, "output": out}
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedModel:
@@ -75,5 +83,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     model.load_state_dict(strip_prefix(ckpt["state_dict"]))
     stats = info.get("feature_stats")
     stats = None if stats is None else FeatureStats(torch.tensor(stats["mean"]), torch.tensor(stats["std"]))
+    task = build_task(cfg)
+    task.load_state(info.get("task") or {})
     return LoadedModel(model.eval(), info["cfg"], list(info.get("class_names", [])), info.get("feature_meta", {}),
-                       stats, path)
+                       stats, path, task)

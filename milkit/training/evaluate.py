@@ -15,7 +15,6 @@ from milkit.data.sources import BagSource
 from milkit.data.splits import SPLITS, load_splits
 from milkit.errors import ConfigError
 from milkit.training.checkpoint import load_checkpoint
-from milkit.training.metrics import make_metrics
 from milkit.utils.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -44,7 +43,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """
     loaded = load_checkpoint(cfg.ckpt_path)
     data_cfg = cfg.get("data") or OmegaConf.create(loaded.cfg["data"])
-    source: BagSource = instantiate(data_cfg.source)
+    source: BagSource = loaded.task.prepare(instantiate(data_cfg.source))
     if source.in_dim != loaded.model.in_dim:
         raise ConfigError(f"{cfg.ckpt_path}: model expects D={loaded.model.in_dim}, features have D={source.in_dim}")
     ids = source.records["bag_id"].tolist()
@@ -54,15 +53,18 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("splits_csv"):
         ids = _split_ids(load_splits(cfg.splits_csv, source.records), cfg.splits_csv, cfg.get("fold", 0),
                          cfg.get("split", "test"))
-    metrics = make_metrics(loaded.model.num_classes, "eval/")
+    task = loaded.task
+    metrics = task.make_metrics("eval/", loaded.model.num_classes)
     rows = []
     for bag_id in ids:
         bag = source.load(bag_id)
-        probs = loaded.predict_bag(bag)
-        metrics.update(probs[None], torch.tensor([bag.label]))
-        rows.append({"bag_id": bag_id, "label": bag.label, "pred": int(probs.argmax()),
-                     **{f"prob_{c}": float(p) for c, p in enumerate(probs)}})
-    result = {k: float(v) for k, v in metrics.compute().items()} if len({r["label"] for r in rows}) > 1 else {}
+        logits = loaded.forward_bag(bag).logits
+        y = torch.tensor([bag.label])
+        metrics.update(logits, y)
+        rows.extend(task.prediction_rows([bag_id], logits, y))
+    # classification metrics need two classes; survival metrics are NaN where undefined
+    defined = not task.categorical or len({r["label"] for r in rows}) > 1
+    result = {k: float(v) for k, v in metrics.compute().items()} if defined else {}
     result["n_bags"] = len(rows)
     out = Path(cfg.paths.output_dir)
     with atomic_path(out / "predictions.csv") as tmp:

@@ -14,8 +14,8 @@ import torch
 from torch import Tensor
 
 from milkit.models.base import MILModel
-from milkit.training.methods.base import StepContext, TrainingMethod, task_loss
-from milkit.training.metrics import make_metrics, probabilities
+from milkit.tasks import ClassificationTask, Task
+from milkit.training.methods.base import StepContext, TrainingMethod
 from milkit.types import BagBatch
 
 __all__ = ["MILLitModule"]
@@ -28,21 +28,24 @@ class MILLitModule(L.LightningModule):
         optimizer: ``params -> Optimizer`` (a Hydra ``_partial_``).
         scheduler: ``optimizer -> LRScheduler`` or None; stepped once per epoch.
         run_info: JSON-able dict saved into checkpoints (resolved config, class names, feature metadata).
+        task: the ``milkit.tasks.Task`` (loss, metrics, prediction columns); default classification.
     """
 
     def __init__(self, model: MILModel, method: TrainingMethod | None = None,
                  optimizer: Callable[..., torch.optim.Optimizer] | None = None,
-                 scheduler: Callable[..., Any] | None = None, run_info: dict[str, Any] | None = None) -> None:
+                 scheduler: Callable[..., Any] | None = None, run_info: dict[str, Any] | None = None,
+                 task: Task | None = None) -> None:
         super().__init__()
         self.model = model
         self.method = method if method is not None else TrainingMethod()
+        self.task = task if task is not None else ClassificationTask()
+        self.method.task = self.task
         self.method.setup(model)
         self.optimizer_factory = optimizer or (lambda params: torch.optim.Adam(params, lr=2e-4, weight_decay=1e-5))
         self.scheduler_factory = scheduler
         self.run_info = dict(run_info or {})
-        c = model.num_classes
-        self.val_metrics = make_metrics(c, "val/")
-        self.test_metrics = make_metrics(c, "test/")
+        self.val_metrics = self.task.make_metrics("val/", model.num_classes)
+        self.test_metrics = self.task.make_metrics("test/", model.num_classes)
         self.test_predictions: list[dict[str, Any]] = []
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
@@ -82,12 +85,11 @@ class MILLitModule(L.LightningModule):
     # ---- evaluation ---------------------------------------------------------------------------------
     def _eval_step(self, batch: BagBatch, stage: str) -> dict[str, Any]:
         out = self.method.eval_forward(self.model, batch)
-        probs = probabilities(out.logits)
         metrics = self.val_metrics if stage == "val" else self.test_metrics
-        metrics.update(probs, batch.y)
-        self.log(f"{stage}/loss", task_loss(out.logits, batch.y), on_step=False, on_epoch=True,
+        metrics.update(out.logits, batch.y)
+        self.log(f"{stage}/loss", self.task.loss(out.logits, batch.y), on_step=False, on_epoch=True,
                  batch_size=len(batch), sync_dist=True)
-        return {"ids": batch.ids, "y": batch.y, "probs": probs, "out": out}
+        return {"ids": batch.ids, "y": batch.y, "out": out}
 
     def validation_step(self, batch: BagBatch, batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -101,12 +103,11 @@ class MILLitModule(L.LightningModule):
 
     def test_step(self, batch: BagBatch, batch_idx: int) -> None:
         res = self._eval_step(batch, "test")
-        for i, bag_id in enumerate(res["ids"]):
-            self.test_predictions.append({"bag_id": bag_id, "label": int(res["y"][i]),
-                                          **{f"prob_{c}": float(p) for c, p in enumerate(res["probs"][i])}})
+        self.test_predictions.extend(self.task.prediction_rows(res["ids"], res["out"].logits, res["y"]))
 
     def on_test_epoch_end(self) -> None:
-        if self.trainer.world_size > 1:
+        if self.trainer.world_size > 1 and isinstance(self.task, ClassificationTask):
+            # survival metrics keep their inputs as states, which torchmetrics gathers across ranks itself
             self._gather_test_predictions()
         self.log_dict(self.test_metrics.compute(), sync_dist=True)
         self.test_metrics.reset()
@@ -127,7 +128,7 @@ class MILLitModule(L.LightningModule):
 
     def predict_step(self, batch: BagBatch, batch_idx: int) -> dict[str, Any]:
         out = self.method.eval_forward(self.model, batch)
-        return {"ids": batch.ids, "probs": probabilities(out.logits), "instance_scores": out.instance_scores,
+        return {"ids": batch.ids, **self.task.predict(out.logits), "instance_scores": out.instance_scores,
                 "mask": batch.mask}
 
     # ---- optimisation and checkpoints ---------------------------------------------------------------

@@ -32,9 +32,9 @@ from milkit.data.datamodule import MILDataModule
 from milkit.data.sources import BagSource
 from milkit.data.splits import check_splits, load_splits, make_cv_splits, predefined_split, save_splits
 from milkit.errors import ConfigError, OutputError, RunInterrupted, storage_error_line
+from milkit.tasks import ClassificationTask, Task, build_task
 from milkit.training.checkpoint import INCOMPLETE, stats_to_info
 from milkit.training.methods import TrainingMethod
-from milkit.training.metrics import METRIC_NAMES
 from milkit.training.module import MILLitModule
 from milkit.utils.dist import is_global_zero
 from milkit.utils.io import atomic_path, writable_dir
@@ -44,14 +44,16 @@ __all__ = ["train", "resolve_splits", "build_run_components", "with_fold"]
 log = logging.getLogger("milkit")
 
 
-def resolve_splits(cfg: DictConfig, source: BagSource, repeat: int) -> pd.DataFrame:
-    """The split table: a saved CSV, the cohort's own ``split`` column, or a fresh seeded K-fold."""
+def resolve_splits(cfg: DictConfig, source: BagSource, repeat: int, task: Task | None = None) -> pd.DataFrame:
+    """The split table: a saved CSV, the cohort's own ``split`` column, or a fresh seeded K-fold stratified on the
+    task's key (``task.strata``)."""
     if cfg.cv.get("splits_csv"):
         return load_splits(cfg.cv.splits_csv, source.records)
     if "split" in source.records and cfg.cv.get("use_cohort_split", True):
         return check_splits(predefined_split(source.records, float(cfg.cv.get("val_fraction", 0.2)),
                                              int(cfg.seed) + repeat), "cohort split column")
-    return check_splits(make_cv_splits(source.records, int(cfg.cv.folds), int(cfg.seed) + repeat))
+    records = source.records if task is None else task.strata(source.records, int(cfg.cv.folds))
+    return check_splits(make_cv_splits(records, int(cfg.cv.folds), int(cfg.seed) + repeat))
 
 
 def _quiet_lightning() -> None:
@@ -77,8 +79,10 @@ def with_fold(node: DictConfig, fold_name: str) -> Any:
 
 
 def build_run_components(cfg: DictConfig, source: BagSource, fold_splits: pd.DataFrame, fold_dir: Path,
-                         fold_name: str) -> tuple[MILDataModule, MILLitModule, L.Trainer]:
-    """Everything one fold needs, instantiated from the config (shared by ``train`` and tests)."""
+                         fold_name: str, task: Task | None = None) -> tuple[MILDataModule, MILLitModule, L.Trainer]:
+    """Everything one fold needs, instantiated from the config (shared by ``train`` and tests). ``source`` must
+    have gone through ``task.prepare``; the task is fitted on this fold's training bags."""
+    task = task if task is not None else build_task(cfg)
     dm = MILDataModule(source, fold_splits, batch_size=cfg.data.batch_size,
                        eval_batch_size=cfg.data.get("eval_batch_size", 1),
                        max_instances=cfg.data.get("max_instances"), standardize=cfg.data.get("standardize", False),
@@ -87,17 +91,22 @@ def build_run_components(cfg: DictConfig, source: BagSource, fold_splits: pd.Dat
     if OmegaConf.is_missing(cfg.data, "in_dim"):
         raise ConfigError(f"data.in_dim is not set; the features of '{source.name}' have D={source.in_dim} "
                           f"(set data.in_dim={source.in_dim})")
-    model = instantiate(cfg.model)
+    task.fit(source.records[source.records["bag_id"].isin(dm.ids["train"])])
+    width = task.out_dim(int(cfg.model.num_classes))  # models are task-agnostic: num_classes = output width
+    model = instantiate(cfg.model, num_classes=width)
     if model.in_dim != source.in_dim:
         raise ConfigError(f"model.in_dim={model.in_dim} but the features of '{source.name}' have D={source.in_dim} "
                           f"(set data.in_dim={source.in_dim})")
-    if model.num_classes not in (source.num_classes, 1) or (model.num_classes == 1 and source.num_classes != 2):
+    if isinstance(task, ClassificationTask) and (model.num_classes not in (source.num_classes, 1) or (
+            model.num_classes == 1 and source.num_classes != 2)):
         raise ConfigError(f"model.num_classes={model.num_classes} but '{source.name}' has {source.num_classes} classes")
-    run_info = {"cfg": OmegaConf.to_container(cfg, resolve=True), "class_names": source.class_names,
+    run_cfg = OmegaConf.to_container(cfg, resolve=True)
+    run_cfg["model"]["num_classes"] = width
+    run_info = {"cfg": run_cfg, "class_names": source.class_names, "task": task.state(),
                 "feature_meta": source.feature_meta(), "feature_stats": stats_to_info(dm.stats),
                 "fold": fold_name, "milkit_version": milkit.__version__}
     module = MILLitModule(model, instantiate(with_fold(cfg.method, fold_name)), instantiate(cfg.optimizer),
-                          instantiate(cfg.scheduler) if cfg.get("scheduler") else None, run_info)
+                          instantiate(cfg.scheduler) if cfg.get("scheduler") else None, run_info, task)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c]
     for cb in callbacks:
         if isinstance(cb, L.pytorch.callbacks.ModelCheckpoint):
@@ -141,9 +150,9 @@ def _finish_checkpoints(trainer: L.Trainer, ckpt_dir: Path) -> str | None:
 
 
 def _fit_fold(cfg: DictConfig, source: BagSource, fold_splits: pd.DataFrame, fold_dir: Path,
-              fold_name: str, seed: int) -> dict[str, Any]:
+              fold_name: str, seed: int, task: Task) -> dict[str, Any]:
     L.seed_everything(seed, workers=True, verbose=False)
-    dm, module, trainer = build_run_components(cfg, source, fold_splits, fold_dir, fold_name)
+    dm, module, trainer = build_run_components(cfg, source, fold_splits, fold_dir, fold_name, task)
     shutil.rmtree(fold_dir / "checkpoints" / INCOMPLETE, ignore_errors=True)  # left by a killed run
     t0 = time.perf_counter()
     try:
@@ -167,6 +176,7 @@ def _fit_fold(cfg: DictConfig, source: BagSource, fold_splits: pd.DataFrame, fol
             preds = pd.DataFrame(module.test_predictions)
             with atomic_path(fold_dir / "test_predictions.csv") as tmp:
                 preds.to_csv(tmp, index=False)
+        row.update(task.fold_report(module, dm, fold_dir, seed))
     return row
 
 
@@ -174,12 +184,18 @@ def _std(vals: np.ndarray) -> float:
     return float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
 
 
-def _summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def _test_columns(rows: list[dict[str, Any]], names: tuple[str, ...]) -> list[str]:
+    """The task's metrics first, then any other per-fold test numbers (CI bounds, oracle c-index)."""
+    first = [f"test/{m}" for m in names]
+    return first + sorted({k for r in rows for k in r if k.startswith("test/") and k not in first})
+
+
+def _summarise(rows: list[dict[str, Any]], names: tuple[str, ...]) -> dict[str, Any]:
     """Mean and std over folds; with repeated CV also the std over the per-repeat means (``repeat_std``), which is
     what papers that repeat k-fold CV usually report."""
     summary: dict[str, Any] = {"folds": rows}
     repeats = sorted({r.get("repeat", 0) for r in rows})
-    for key in [f"test/{m}" for m in METRIC_NAMES] + [k for k in rows[0] if k.startswith("best_")]:
+    for key in _test_columns(rows, names) + [k for k in rows[0] if k.startswith("best_")]:
         vals = np.array([r[key] for r in rows if key in r], dtype=float)
         if len(vals):
             summary[key] = {"mean": float(vals.mean()), "std": _std(vals)}
@@ -190,17 +206,20 @@ def _summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def format_table(summary: dict[str, Any]) -> str:
+def format_table(summary: dict[str, Any], names: tuple[str, ...]) -> str:
     """Per-fold rows and a mean ± std row for the test metrics."""
-    cols = [f"test/{m}" for m in METRIC_NAMES]
-    lines = [f"{'fold':<10}" + "".join(f"{c.split('/')[1]:>10}" for c in cols) + f"{'epochs':>8}"]
+    cols = _test_columns(summary["folds"], names)
+    widths = [max(11, len(c) - 4) for c in cols]
+    lines = [f"{'fold':<10}" + "".join(f"{c.split('/')[1]:>{w}}" for c, w in zip(cols, widths)) + f"{'epochs':>8}"]
     for r in summary["folds"]:
-        lines.append(f"{r['fold']:<10}" + "".join(f"{r.get(c, float('nan')):>10.3f}" for c in cols) + f"{r['epochs']:>8}")
+        lines.append(f"{r['fold']:<10}" + "".join(f"{r.get(c, float('nan')):>{w}.3f}" for c, w in zip(cols, widths))
+                     + f"{r['epochs']:>8}")
     ms = [summary.get(c) for c in cols]
-    lines.append(f"{'mean±std':<10}" + "".join(f"{m['mean']:>6.3f}±{m['std']:.2f}" if m else f"{'-':>10}" for m in ms))
-    if any(m and "repeat_std" in m for m in ms):  # std over the means of the CV repeats
-        lines.append(f"{'±repeats':<10}" + "".join(f"{m['mean']:>6.3f}±{m['repeat_std']:.2f}" if m else f"{'-':>10}"
-                                                  for m in ms))
+    # ±repeats: the std over the means of the CV repeats
+    for label, spread in (("mean±std", "std"), ("±repeats", "repeat_std")):
+        if spread == "std" or any(m and spread in m for m in ms):
+            lines.append(f"{label:<10}" + "".join(f"{m['mean']:>{w - 5}.3f}±{m[spread]:.2f}" if m else f"{'-':>{w}}"
+                                                  for m, w in zip(ms, widths)))
     return "\n".join(lines)
 
 
@@ -248,15 +267,16 @@ def _train(cfg: DictConfig, out_dir: Path, rows: list[dict[str, Any]], t0: float
     hooks = cfg.get("hooks") or {}
     if hooks.get("before"):
         instantiate(hooks.before)(cfg)  # e.g. generate or preprocess the data the source reads
-    source: BagSource = instantiate(cfg.data.source)
+    task = build_task(cfg)
+    source: BagSource = task.prepare(instantiate(cfg.data.source))
     writer = is_global_zero()  # under DDP every process runs train(); one writes the run's files
     log.info(f"[milkit] data  {source.describe()}")
     if source.describe_files() is not None:
         log.info(f"[milkit] files {source.describe_files()}")
     log.info(f"[milkit] model {cfg.model.model_name}  method {cfg.method._target_.rsplit('.', 1)[-1]}  "
-             f"output {out_dir}")
+             f"task {task.name}  output {out_dir}")
     for repeat in range(int(cfg.cv.get("repeats", 1))):
-        splits = resolve_splits(cfg, source, repeat)
+        splits = resolve_splits(cfg, source, repeat, task)
         tag = f"r{repeat}_" if cfg.cv.get("repeats", 1) > 1 else ""
         if writer:
             save_splits(splits, out_dir / f"{tag}splits.csv")
@@ -265,12 +285,14 @@ def _train(cfg: DictConfig, out_dir: Path, rows: list[dict[str, Any]], t0: float
         for fold in folds if wanted is None else [f for f in folds if f in set(wanted)]:
             name = f"{tag}fold{fold}"
             row = _fit_fold(cfg, source, splits[splits["fold"] == fold], out_dir / name, name,
-                            int(cfg.seed) + 1000 * repeat + int(fold))
+                            int(cfg.seed) + 1000 * repeat + int(fold), task)
             row["repeat"] = repeat
             rows.append(row)
             shown = "  ".join(f"{k.split('/')[1]}={row[k]:.3f}" for k in row if k.startswith("test/"))
             log.info(f"[milkit] {name}: {shown}  epochs={row['epochs']}  ({row['fit_s']:.1f}s)")
-    summary = _summarise(rows)
+    summary = _summarise(rows, task.metric_names)
+    if writer:
+        summary.update(task.finish(out_dir))  # e.g. the pooled Kaplan–Meier plot and log-rank p
     summary["wall_s"] = time.perf_counter() - t0
     monitored = f"best_{cfg.monitor}"
     if monitored in summary:  # the sweep objective is a validation score, never a test score
@@ -278,7 +300,10 @@ def _train(cfg: DictConfig, out_dir: Path, rows: list[dict[str, Any]], t0: float
     if writer:
         with atomic_path(out_dir / "results.json") as tmp:
             tmp.write_text(json.dumps(summary, indent=2))
-    log.info(format_table(summary))
+    log.info(format_table(summary, task.metric_names))
+    if summary.get("km_plot"):
+        log.info(f"[milkit] Kaplan–Meier plot (test, split at the median training risk): {summary['km_plot']}  "
+                 f"log-rank p={summary['logrank_p']:.2g}")
     if hooks.get("after"):
         summary["after"] = instantiate(hooks.after)(cfg, summary)  # e.g. slide inference on held-out slides
     log.info(f"[milkit] splits, checkpoints and logs: {out_dir}  (results.json, *splits.csv, fold*/)  "

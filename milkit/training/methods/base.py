@@ -8,6 +8,7 @@ validation/test/inference go through ``eval_forward``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -48,9 +49,9 @@ def task_loss(logits: Tensor, y: Tensor) -> Tensor:
     return F.cross_entropy(logits, y)
 
 
-def model_losses(model: MILModel, out: MILOutput, y: Tensor) -> dict[str, Tensor]:
+def model_losses(model: MILModel, out: MILOutput, y: Tensor, task: Any = None) -> dict[str, Tensor]:
     """The model's own auxiliary losses: label-free (``out.aux_losses``) plus label-dependent ones."""
-    return {**out.aux_losses, **model.target_losses(out, y)}
+    return {**out.aux_losses, **model.target_losses(out, y, task)}
 
 
 class TrainingMethod(nn.Module):
@@ -58,15 +59,21 @@ class TrainingMethod(nn.Module):
 
     #: requires ``MILOutput.instance_scores`` from the model (MHIM)
     needs_instance_scores: bool = False
+    #: the ``milkit.tasks.Task`` whose loss is trained (set by the LightningModule; None = classification)
+    task: Any = None
+
+    def task_loss(self, logits: Tensor, y: Tensor) -> Tensor:
+        """The task's loss (cross-entropy when no task is set)."""
+        return task_loss(logits, y) if self.task is None else self.task.loss(logits, y)
 
     def setup(self, model: MILModel) -> None:
         """Called once before training with the (student) model."""
 
     def training_step(self, model: MILModel, batch: BagBatch, ctx: StepContext) -> StepResult:
         out = model(batch.x, batch.mask, batch.coords)
-        loss = task_loss(out.logits, batch.y)
+        loss = self.task_loss(out.logits, batch.y)
         logs = {"task_loss": loss.detach()}
-        for name, value in model_losses(model, out, batch.y).items():
+        for name, value in model_losses(model, out, batch.y, self.task).items():
             loss = loss + value
             logs[name] = value.detach()
         return StepResult(loss=loss, output=out, logs=logs)

@@ -17,7 +17,8 @@ Works with any registered model that returns instance scores. Scores used for ma
   TransMIL's layer-1 cls attention × values through ``to_out``, as upstream's ``get_pseudo_score_trans``),
   or, for attention pooling, to ``a_i·h_i`` with ``h`` = ``extras["pooled_instances"]`` when the model pools
   other features than its aggregate's input (MambaMIL: after the Mamba layers), checked once that ``Σ_i a_i·h_i``
-  is the bag embedding). ``C = 1``: ``max(σ, 1-σ)``.
+  is the bag embedding). ``C = 1``: ``max(σ, 1-σ)``. Under ``task=survival`` the instance's *risk* replaces
+  ``max_c p``, so the highest-risk instances are the salient ones that get masked.
 
 Deliberate deviations from the upstream code (DearCaat/MHIM-MIL), following the paper where they differ:
 
@@ -46,7 +47,7 @@ from milkit.errors import ConfigError
 from milkit.models.base import MILModel
 from milkit.models.layers.masked import mask_scores, masked_softmax
 from milkit.models.layers.recycle import GlobalRecycleNetwork
-from milkit.training.methods.base import StepContext, StepResult, TrainingMethod, model_losses, task_loss
+from milkit.training.methods.base import StepContext, StepResult, TrainingMethod, model_losses
 from milkit.training.methods.masking import (cosine_decay, gather_instances, keep_at_least_one, mhim_drop_mask,
                                              random_select, ratio_count)
 from milkit.training.methods.teacher import copy_prefix_, ema_update_, load_student_state
@@ -177,8 +178,9 @@ class MHIM(TrainingMethod):
         return feats.instance_scores
 
     def _class_aware_scores(self, h: Tensor, feats: BagFeatures, mask: Tensor) -> Tensor:
+        score = class_probability if self.task is None else self.task.instance_score  # survival: the risk
         if feats.extras.get("instance_logits") is not None:
-            return class_probability(feats.extras["instance_logits"])
+            return score(feats.extras["instance_logits"])
         shares = None
         if hasattr(self.teacher, "instance_contributions"):  # e.g. TransMIL
             shares = self.teacher.instance_contributions(h, mask, feats)
@@ -198,7 +200,7 @@ class MHIM(TrainingMethod):
                 self._pooling_checked = True
         b, n, e = shares.shape
         logits = self.teacher.forward_head(BagFeatures(bag_embedding=shares.reshape(b * n, e)))
-        return class_probability(logits.view(b, n, -1))
+        return score(logits.view(b, n, -1))
 
     # ---- training step ---------------------------------------------------------------------------------------
     def drop_mask(self, scores: Tensor, mask: Tensor, ctx: StepContext) -> Tensor:
@@ -221,7 +223,7 @@ class MHIM(TrainingMethod):
             raise ConfigError("MHIM needs a model that returns MILOutput.bag_embedding")
         consistency = soft_target_cross_entropy(out.bag_embedding, teacher_embedding, self.temp_student,
                                                 self.temp_teacher)
-        terms = {"task_loss": task_loss(out.logits, batch.y), **model_losses(model, out, batch.y)}
+        terms = {"task_loss": self.task_loss(out.logits, batch.y), **model_losses(model, out, batch.y, self.task)}
         loss = sum(terms.values()) + self.consistency_weight * consistency
         logs = {name: value.detach() for name, value in terms.items()}
         logs["consistency"] = consistency.detach()
