@@ -74,11 +74,6 @@ class BagSource(abc.ABC):
         return (f"{self.name}: {len(self.records)} bags, {self.records['case_id'].nunique()} cases, "
                 f"D={self.in_dim}, classes {counts}")
 
-    def describe_files(self) -> str | None:
-        """One line on how the cohort table matched the data files (None: nothing to match)."""
-        return None
-
-
 class FeatureDirSource(BagSource):
     """Per-slide feature files in a folder (milkit / TRIDENT / CLAM) plus a cohort CSV.
 
@@ -116,8 +111,8 @@ class FeatureDirSource(BagSource):
         df = df.assign(case_id=df["case_id"].astype(str) if "case_id" in df else case_ids(df["slide_id"]))
         df = df[~df["slide_id"].isin(set(exclude))]
         self.match = match_slides(df["slide_id"], self.feature_dir, strict, str(self.cohort_csv))
-        if self.match.missing:
-            log.warning("%s: %s", self.cohort_csv.name, self.match.summary())
+        # one line before training: matched / missing / extra files (a warning when table rows lack files)
+        log.log(logging.WARNING if self.match.missing else logging.INFO, "[milkit] files %s", self.describe_files())
         df = bag_table(df, self.match, str(self.cohort_csv))
         self._paths = dict(zip(df["bag_id"], df["path"]))
         labels = df["label"] if "label" in df else pd.Series([None] * len(df))
@@ -147,6 +142,7 @@ class FeatureDirSource(BagSource):
         return {"num_instances": ff.features.shape[0], "dim": ff.features.shape[1], "attrs": ff.attrs}
 
     def describe_files(self) -> str:
+        """One line on how the cohort table matched the feature files."""
         return f"{self.cohort_csv.name} x {self.feature_dir}: {self.match.summary()}"
 
     def path(self, bag_id: str) -> Path:

@@ -271,8 +271,6 @@ def _train(cfg: DictConfig, out_dir: Path, rows: list[dict[str, Any]], t0: float
     source: BagSource = task.prepare(instantiate(cfg.data.source))
     writer = is_global_zero()  # under DDP every process runs train(); one writes the run's files
     log.info(f"[milkit] data  {source.describe()}")
-    if source.describe_files() is not None:
-        log.info(f"[milkit] files {source.describe_files()}")
     log.info(f"[milkit] model {cfg.model.model_name}  method {cfg.method._target_.rsplit('.', 1)[-1]}  "
              f"task {task.name}  output {out_dir}")
     for repeat in range(int(cfg.cv.get("repeats", 1))):
