@@ -12,7 +12,7 @@ import numpy as np
 
 from milkit.utils.io import atomic_path
 
-__all__ = ["VerdictRule", "plot_curves", "render_markdown", "rerender", "summarize", "write_report"]
+__all__ = ["VerdictRule", "json_ready", "plot_curves", "render_markdown", "rerender", "summarize", "write_report"]
 
 
 @dataclass(frozen=True)
@@ -229,20 +229,20 @@ def write_report(out_dir: str | Path, runs: Sequence[dict], rows: Sequence[dict]
     md_path, json_path = out / "aut_report.md", out / "aut_report.json"
     with atomic_path(md_path) as tmp:
         tmp.write_text(render_markdown(rows, meta))
-    payload = _clean({"meta": meta, "summary": list(rows), "runs": list(runs)})
+    payload = json_ready({"meta": meta, "summary": list(rows), "runs": list(runs)})
     with atomic_path(json_path) as tmp:
         tmp.write_text(json.dumps(payload, indent=2, allow_nan=False))
     return md_path, json_path
 
 
-def _clean(obj: Any) -> Any:
+def json_ready(obj: Any) -> Any:
     """Plain JSON types; non-finite floats become ``null`` so the file is strict JSON."""
     if hasattr(obj, "__dataclass_fields__"):
         obj = asdict(obj)
     if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
+        return {str(k): json_ready(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [json_ready(v) for v in obj]
     if isinstance(obj, (np.integer, np.floating)):
         obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):

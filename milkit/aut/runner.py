@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 
 from milkit.aut.generators import AUT_TESTS, make_test
 from milkit.aut.property_check import monotonicity_check
-from milkit.aut.report import VerdictRule, plot_curves, render_markdown, summarize, write_report
+from milkit.aut.report import VerdictRule, json_ready, plot_curves, render_markdown, summarize, write_report
 from milkit.aut.trainer import Protocol, Standardized, standardize, train_and_evaluate
 from milkit.cli import CONF_DIR
 from milkit.errors import ConfigError, MILKitError
@@ -220,15 +220,32 @@ def _line(i: int, n: int, r: dict) -> str:
             + (f" lowered {low:.3f}" if low is not None else "") + f" ({r['seconds']:.1f} s)")
 
 
+def _progress(cfg: SuiteConfig) -> Any:
+    """A callback that appends each finished run to ``<output>/aut_runs.jsonl`` (progress of a long suite,
+    kept when it is interrupted; the report is written at the end) and prints its line."""
+    log = print if cfg.verbose else (lambda *_, **__: None)
+    path = os.path.join(cfg.output, "aut_runs.jsonl") if cfg.output else None
+    if path:
+        os.makedirs(cfg.output, exist_ok=True)
+        open(path, "w").close()
+
+    def done(i: int, n: int, rec: dict) -> None:
+        if path:
+            with open(path, "a") as f:
+                f.write(json.dumps(json_ready(rec), allow_nan=False) + "\n")
+        log(_line(i, n, rec), flush=True)
+    return done
+
+
 def _execute(tasks: list[tuple[str, str, int, str]], cfg: SuiteConfig) -> list[dict]:
     results: dict[int, dict] = {}
-    log = print if cfg.verbose else (lambda *_, **__: None)
+    done = _progress(cfg)
     if cfg.jobs <= 1:
         threads = torch.get_num_threads()
         try:
             for i, task in enumerate(tasks):
                 results[i] = run_one(*task[:3], cfg, task[3])
-                log(_line(len(results), len(tasks), results[i]), flush=True)
+                done(len(results), len(tasks), results[i])
         finally:
             torch.set_num_threads(threads)
     else:
@@ -239,7 +256,7 @@ def _execute(tasks: list[tuple[str, str, int, str]], cfg: SuiteConfig) -> list[d
             futures = {pool.submit(run_one, *task[:3], cfg, task[3]): i for i, task in enumerate(tasks)}
             for fut in as_completed(futures):
                 results[futures[fut]] = fut.result()
-                log(_line(len(results), len(tasks), results[futures[fut]]), flush=True)
+                done(len(results), len(tasks), results[futures[fut]])
     return [results[i] for i in range(len(tasks))]
 
 

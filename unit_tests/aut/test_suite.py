@@ -67,6 +67,8 @@ def test_report_files_are_well_formed(suite) -> None:
     assert [Path(p).name for p in data["meta"]["plots"]] == ["aut_single_concept.png"]
     assert (out / "aut_single_concept.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "![aut_single_concept](aut_single_concept.png)" in md
+    progress = [json.loads(line) for line in (out / "aut_runs.jsonl").read_text().splitlines()]
+    assert sorted((r["model"], r["seed"]) for r in progress) == sorted((r["model"], r["seed"]) for r in data["runs"])
 
 
 def test_verdict_rule_on_auc_traces() -> None:
