@@ -186,6 +186,7 @@ def plot_curves(runs: Sequence[dict[str, Any]], out_dir: str | Path, fail_below:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     curves: dict[str, dict[str, list[list[float]]]] = {}
     for r in runs:
@@ -204,6 +205,7 @@ def plot_curves(runs: Sequence[dict[str, Any]], out_dir: str | Path, fail_below:
             ax.fill_between(epochs, a.min(0), a.max(0), color=color, alpha=0.15, lw=0)
         ax.axhline(fail_below, color="k", ls="--", lw=0.8)
         ax.set(xlabel="epoch", ylabel="test AUC", title=test, ylim=(-0.02, 1.02))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
         fig.tight_layout()
         path = Path(out_dir) / f"aut_{''.join(c if c.isalnum() or c in '_-' else '_' for c in test)}.png"
