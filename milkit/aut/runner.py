@@ -1,9 +1,11 @@
 """The algorithmic-unit-test suite: every selected registered model × test × seed, then a report.
 
 ``run_suite(cfg)`` accepts the Hydra config of ``milkit/conf/aut.yaml`` (or a ``SuiteConfig``/plain mapping). Models
-come only from the model registry, so a model is testable the day it is registered. Runs are independent
-(own data seed, model seed) and go to a process pool of ``jobs`` single-threaded workers; a failing run is
-recorded with its error and the suite goes on.
+come only from the model registry, so a model is testable the day it is registered; ``methods`` trains each
+with training methods of ``milkit/conf/method`` (an ABMIL trained with MHIM is reported as ``abmil+mhim``).
+Runs are independent (own data seed, model seed) and go to a process pool of ``jobs`` single-threaded workers;
+a failing run is recorded with its error and the suite goes on. Order-dependent models
+(``permutation_invariant=False``) see their instances shuffled (``shuffle_order_dependent``).
 """
 from __future__ import annotations
 
@@ -21,14 +23,17 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from milkit.aut.generators import AUT_TESTS, make_test
 from milkit.aut.property_check import monotonicity_check
-from milkit.aut.report import VerdictRule, render_markdown, summarize, write_report
+from milkit.aut.report import VerdictRule, json_ready, plot_curves, render_markdown, summarize, write_report
 from milkit.aut.trainer import Protocol, Standardized, standardize, train_and_evaluate
+from milkit.cli import CONF_DIR
 from milkit.errors import ConfigError, MILKitError
 from milkit.models import create_model, list_models, model_info
+from milkit.training.methods import TrainingMethod
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +48,11 @@ class SuiteConfig:
     defaults here are the library's: one worker and no ``model_kwargs`` (models use their ``tiny_kwargs``);
     the command line's ``milkit/conf/aut.yaml`` sets 2 workers and the suite's model sizes."""
 
+    protocol_name: str = "fast"              # recorded in the report (milkit/conf/protocol/<name>.yaml sets the rest)
     models: list[str] | None = None          # None: registered models with metadata aut=True (see select_models)
+    methods: list[str] = field(default_factory=lambda: ["supervised"])  # milkit/conf/method/<name>.yaml
+    method_kwargs: dict[str, dict] = field(default_factory=dict)          # per method, over its yaml
+    shuffle_order_dependent: bool = True     # order-dependent models: instances shuffled per bag at every step
     exclude: list[str] = field(default_factory=list)
     include_order_dependent: bool = False    # default selection includes models with permutation_invariant=False
     shuffle_instances: bool = False          # shuffle the instances inside every bag (default: the notebook's order)
@@ -59,6 +68,7 @@ class SuiteConfig:
     loss: str = "bce"
     grad_clamp: float | None = 5.0
     train_subset: str = "all"
+    batching: str = "random"
     train_metrics: str = "last_epoch"
     optimizer: dict[str, Any] = field(default_factory=dict)
     property_pairs: int = 1000
@@ -87,10 +97,27 @@ class SuiteConfig:
     def seed_list(self) -> list[int]:
         return list(range(self.seeds)) if isinstance(self.seeds, int) else [int(s) for s in self.seeds]
 
-    def protocol(self) -> Protocol:
+    def protocol(self, shuffle_within_bags: bool = False) -> Protocol:
         return Protocol(epochs=self.epochs, batch_size=self.batch_size, loss=self.loss, grad_clamp=self.grad_clamp,
-                        train_subset=self.train_subset, train_metrics=self.train_metrics,
-                        optimizer=dict(self.optimizer))
+                        train_subset=self.train_subset, batching=self.batching, train_metrics=self.train_metrics,
+                        shuffle_within_bags=shuffle_within_bags, optimizer=dict(self.optimizer))
+
+    def shuffles(self, model: str) -> bool:
+        """Whether ``model``'s instances are shuffled: order-dependent and ``shuffle_order_dependent``."""
+        return self.shuffle_order_dependent and not model_info(model)["permutation_invariant"]
+
+    def method(self, name: str) -> TrainingMethod:
+        """A fresh training method from ``milkit/conf/method/<name>.yaml`` with ``method_kwargs[name]`` on top."""
+        path = os.path.join(CONF_DIR, "method", f"{name}.yaml")
+        if not os.path.isfile(path):
+            known = sorted(f[:-5] for f in os.listdir(os.path.join(CONF_DIR, "method")) if f.endswith(".yaml"))
+            raise ConfigError(f"aut config 'methods': unknown method '{name}' (known: {', '.join(known)})")
+        conf = OmegaConf.merge(OmegaConf.load(path), self.method_kwargs.get(name) or {})
+        try:
+            return instantiate(conf)
+        except Exception as err:  # noqa: BLE001  (hydra wraps the constructor's error)
+            cause = err.__cause__ or err
+            raise ConfigError(f"aut config 'method_kwargs.{name}': {' '.join(str(cause).split())}") from None
 
     def rule(self) -> VerdictRule:
         try:
@@ -137,6 +164,8 @@ def _preflight(cfg: SuiteConfig, models: list[str]) -> None:
     """Fail before any training on unknown tests, bad test options or bad model keyword arguments."""
     for test in cfg.tests:
         make_test(test, seed=0, **{**cfg.test_args(test), "n_train": 4, "n_test": 4})
+    for name in cfg.methods:
+        cfg.method(name)
     for name in models:
         try:
             create_model(name, in_dim=16, num_classes=cfg.protocol().num_classes, **cfg.kwargs_for(name))
@@ -156,22 +185,26 @@ def _dataset(test: str, seed: int, args_json: str, shuffle: bool) -> tuple[Stand
     return train, test_set, ds.train.x.shape[-1]
 
 
-def run_one(model: str, test: str, seed: int, cfg: SuiteConfig) -> dict[str, Any]:
-    """Train and score one model on one test with one seed; errors are recorded, not raised."""
+def run_one(model: str, test: str, seed: int, cfg: SuiteConfig, method: str = "supervised") -> dict[str, Any]:
+    """Train and score one model (with one training method) on one test with one seed; errors are recorded,
+    not raised. The report names the pair ``model`` for supervised training, else ``model+method``."""
     args = cfg.test_args(test)
     info = model_info(model)
-    rec: dict[str, Any] = {"model": model, "test": _label(test, cfg.test_kwargs.get(test) or {}), "seed": seed,
+    shuffle = cfg.shuffles(model)
+    label = model if method == "supervised" else f"{model}+{method}"
+    rec: dict[str, Any] = {"model": label, "base_model": model, "method": method, "shuffled": shuffle,
+                           "test": _label(test, cfg.test_kwargs.get(test) or {}), "seed": seed,
                            "model_assumption": info["mil_assumption"],
                            "test_assumption": AUT_TESTS.meta(test)["assumption"], "error": None}
     t0, c0 = time.perf_counter(), time.process_time()
     try:
         torch.set_num_threads(cfg.threads)
-        train, test_set, d = _dataset(test, seed, json.dumps(args, sort_keys=True), cfg.shuffle_instances)
+        train, test_set, d = _dataset(test, seed, json.dumps(args, sort_keys=True), cfg.shuffle_instances or shuffle)
         torch.manual_seed(seed)
-        protocol = cfg.protocol()
+        protocol = cfg.protocol(shuffle_within_bags=shuffle)
         net = create_model(model, in_dim=d, num_classes=protocol.num_classes, **cfg.kwargs_for(model))
         rec["n_params"] = sum(p.numel() for p in net.parameters())
-        rec.update(train_and_evaluate(net, train, test_set, protocol, seed, info["needs_coords"]))
+        rec.update(train_and_evaluate(net, train, test_set, protocol, seed, info["needs_coords"], cfg.method(method)))
         if cfg.property_pairs > 0:
             rec["property"] = monotonicity_check(net, test_set, train, cfg.property_pairs, seed,
                                                  atol=cfg.property_atol, needs_coords=info["needs_coords"])
@@ -186,19 +219,36 @@ def _line(i: int, n: int, r: dict) -> str:
     if r["error"]:
         return f"{head} ERROR {r['error']}"
     low = r.get("property", {}).get("lowered_fraction")
-    return (f"{head} train AUC {r['train_auc']:.3f} test AUC {r['test_auc']:.3f}"
+    return (f"{head} train AUC {r['train_auc']:.3f} test AUC {r['test_auc']:.3f} (min {min(r['test_auc_curve']):.3f})"
             + (f" lowered {low:.3f}" if low is not None else "") + f" ({r['seconds']:.1f} s)")
 
 
-def _execute(tasks: list[tuple[str, str, int]], cfg: SuiteConfig) -> list[dict]:
+def _progress(cfg: SuiteConfig) -> Any:
+    """A callback that appends each finished run to ``<output>/aut_runs.jsonl`` (progress of a long suite,
+    kept when it is interrupted; the report is written at the end) and prints its line."""
+    emit = log.info if cfg.verbose else (lambda *_, **__: None)
+    path = os.path.join(cfg.output, "aut_runs.jsonl") if cfg.output else None
+    if path:
+        os.makedirs(cfg.output, exist_ok=True)
+        open(path, "w").close()
+
+    def done(i: int, n: int, rec: dict) -> None:
+        if path:
+            with open(path, "a") as f:
+                f.write(json.dumps(json_ready(rec), allow_nan=False) + "\n")
+        emit(_line(i, n, rec))
+    return done
+
+
+def _execute(tasks: list[tuple[str, str, int, str]], cfg: SuiteConfig) -> list[dict]:
     results: dict[int, dict] = {}
-    progress = log.info if cfg.verbose else (lambda *_, **__: None)
+    done = _progress(cfg)
     if cfg.jobs <= 1:
         threads = torch.get_num_threads()
         try:
             for i, task in enumerate(tasks):
-                results[i] = run_one(*task, cfg)
-                progress(_line(len(results), len(tasks), results[i]))
+                results[i] = run_one(*task[:3], cfg, task[3])
+                done(len(results), len(tasks), results[i])
         finally:
             torch.set_num_threads(threads)
     else:
@@ -206,10 +256,10 @@ def _execute(tasks: list[tuple[str, str, int]], cfg: SuiteConfig) -> list[dict]:
         # safe here because every run is single-threaded (torch.set_num_threads(cfg.threads) in run_one)
         method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
         with ProcessPoolExecutor(cfg.jobs, mp_context=mp.get_context(method)) as pool:
-            futures = {pool.submit(run_one, *task, cfg): i for i, task in enumerate(tasks)}
+            futures = {pool.submit(run_one, *task[:3], cfg, task[3]): i for i, task in enumerate(tasks)}
             for fut in as_completed(futures):
                 results[futures[fut]] = fut.result()
-                progress(_line(len(results), len(tasks), results[futures[fut]]))
+                done(len(results), len(tasks), results[futures[fut]])
     return [results[i] for i in range(len(tasks))]
 
 
@@ -220,16 +270,17 @@ def run_suite(cfg: Any) -> dict[str, Any]:
     """
     cfg = SuiteConfig.from_any(cfg)
     models = select_models(cfg)
-    if not models or not cfg.tests or not cfg.seed_list:
-        raise ConfigError("aut config: nothing to run (models, tests and seeds must be non-empty)")
+    if not models or not cfg.tests or not cfg.seed_list or not cfg.methods:
+        raise ConfigError("aut config: nothing to run (models, methods, tests and seeds must be non-empty)")
     rule, protocol = cfg.rule(), cfg.protocol()
     _preflight(cfg, models)
-    tasks = [(m, t, s) for t in cfg.tests for s in cfg.seed_list for m in models]
+    tasks = [(m, t, s, k) for t in cfg.tests for s in cfg.seed_list for m in models for k in cfg.methods]
     load0, t0 = os.getloadavg(), time.perf_counter()
     runs = _execute(tasks, cfg)
     wall = time.perf_counter() - t0
     cpu = sum(r["cpu_seconds"] for r in runs)
-    meta = {"models": models, "tests": list(cfg.tests), "seeds": cfg.seed_list, "n_train": cfg.n_train,
+    meta = {"protocol_name": cfg.protocol_name, "models": models, "methods": list(cfg.methods),
+            "shuffled_models": [m for m in models if cfg.shuffles(m)], "tests": list(cfg.tests), "seeds": cfg.seed_list, "n_train": cfg.n_train,
             "n_test": cfg.n_test, "shuffle_instances": cfg.shuffle_instances, "protocol": dataclasses.asdict(protocol), "verdict_rule": dataclasses.asdict(rule),
             "jobs": cfg.jobs, "config": dataclasses.asdict(cfg), "wall_time_s": wall, "cpu_time_s": cpu,
             "n_runs": len(runs),
@@ -237,6 +288,8 @@ def run_suite(cfg: Any) -> dict[str, Any]:
                             "cpu_count": os.cpu_count(), "load_average_start": load0,
                             "load_average_end": os.getloadavg()}}
     rows = summarize(runs, rule)
+    if cfg.output:
+        meta["plots"] = [str(p) for p in plot_curves(runs, cfg.output, rule.fail_below)]
     markdown = render_markdown(rows, meta)
     paths = list(write_report(cfg.output, runs, rows, meta)) if cfg.output else []
     if cfg.verbose:

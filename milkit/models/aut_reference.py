@@ -38,21 +38,13 @@ class SumHead(nn.Module):
         return z.sum(-1, keepdim=True)
 
 
-def _leaky_mlp(in_dim: int, width: int, depth: int, dropout: float, slope: float) -> InstanceMLP:
-    mlp = InstanceMLP(in_dim, (width,) * depth, act="leaky_relu", dropout=dropout)
-    for m in mlp.modules():
-        if isinstance(m, nn.LeakyReLU):
-            m.negative_slope = slope
-    return mlp
-
-
 class ContextAttentionMIL(MILModel):
     """Notebook ``MIL_Pool``. Instance scores are the raw attention logits."""
 
     def __init__(self, in_dim: int, num_classes: int, embed_dim: int = 128, depth: int = 3, dropout: float = 0.5,
                  negative_slope: float = 0.2) -> None:
         super().__init__(in_dim, num_classes)
-        self.embed = _leaky_mlp(in_dim, embed_dim, depth, dropout, negative_slope)
+        self.embed = InstanceMLP(in_dim, (embed_dim,) * depth, act=f"leaky_relu:{negative_slope}", dropout=dropout)
         e = self.embed.out_dim
         self.w = nn.Linear(2 * e, e)  # acts on [h_n; c]
         self.v = nn.Linear(e, 1)

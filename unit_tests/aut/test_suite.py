@@ -12,7 +12,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from milkit.cli import CONF_DIR
-from milkit.aut.report import VerdictRule, rerender
+from milkit.aut.report import VerdictRule, rerender, summarize
 from milkit.aut import runner
 from milkit.aut.runner import SuiteConfig, run_suite, select_models
 from milkit.errors import ConfigError
@@ -62,7 +62,36 @@ def test_report_files_are_well_formed(suite) -> None:
     assert [s["verdict"] for s in data["summary"]] == ["PASS", "FAIL"]
     assert rerender(out / "aut_report.json") == md
     strict = rerender(out / "aut_report.json", VerdictRule(fail_below=0.99))
-    assert "| mi_net | standard | FAIL (" in strict and "test AUC < 0.99" in strict
+    assert "| mi_net | standard | FAIL (" in strict and "any judged point of any seed < 0.99" in strict
+    assert all(len(r["test_auc_curve"]) == len(r["train_auc_curve"]) == 4 for r in data["runs"])
+    assert [Path(p).name for p in data["meta"]["plots"]] == ["aut_single_concept.png"]
+    assert (out / "aut_single_concept.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![aut_single_concept](aut_single_concept.png)" in md
+    progress = [json.loads(line) for line in (out / "aut_runs.jsonl").read_text().splitlines()]
+    assert sorted((r["model"], r["seed"]) for r in progress) == sorted((r["model"], r["seed"]) for r in data["runs"])
+
+
+def test_verdict_rule_on_auc_traces() -> None:
+    rule = VerdictRule()
+    train = [0.55, 0.7, 0.95, 0.97, 0.99]
+    assert rule(0.99, 0.95, "none", "standard", train, [0.45, 0.8, 0.9, 0.95, 0.95]) == "PASS"  # before onset
+    assert rule(0.99, 0.95, "none", "standard", train, [0.6, 0.8, 0.49, 0.95, 0.95]) == "FAIL"  # one dip fails
+    assert rule(0.99, 0.95, "none", "standard", train, [0.6, 0.5, 0.9, 0.95, 0.95]) == "PASS"  # 0.5 is not below
+    assert rule.judged(train, [0.45, 0.8, 0.9, 0.95, 0.95]) == [0.8, 0.9, 0.95, 0.95]
+    assert rule.judged([0.5, 0.55], [0.3, 0.2]) == []  # never learned: nothing judged
+    assert rule(0.55, 0.2, "none", "standard", [0.5, 0.55], [0.3, 0.2]) == "PASS"  # († in the report)
+    assert rule(0.99, 0.7, "none", "standard", train, [0.6, 0.8, 0.9, 0.8, 0.7]) == "SUSPECT"
+    assert rule.combine(["PASS", "FAIL", "PASS"]) == "FAIL"
+    assert rule.combine(["PASS", "SUSPECT", "PASS"]) == "UNSTABLE"
+    assert rule.combine(["NOT-EXPRESSIVE"] * 2) == "NOT-EXPRESSIVE"
+    runs = [{"model": "m", "test": "t", "seed": s, "model_assumption": "none", "test_assumption": "standard",
+             "error": None, "train_auc": 0.99, "test_auc": 0.95, "test_acc": 0.9, "seconds": 1.0, "cpu_seconds": 1.0,
+             "train_auc_curve": train, "test_auc_curve": curve}
+            for s, curve in enumerate([[0.6, 0.8, 0.9, 0.95, 0.95], [0.6, 0.3, 0.9, 0.95, 0.95]])]
+    row = summarize(runs, rule)[0]
+    assert row["verdict"] == "FAIL" and row["seed_verdicts"] == ["PASS", "FAIL"]
+    assert row["worst_auc"] == 0.3 and row["n_judged"] == 8 and row["below_fraction"] == 1 / 8
+    assert row["test_auc"] == 0.95  # last epoch, mean over seeds
 
 
 def test_verdict_rule() -> None:
@@ -87,6 +116,20 @@ def test_failing_run_is_recorded_and_the_suite_goes_on() -> None:
     assert "## Errors" in result["markdown"] and "instances shuffled within bags" in result["markdown"]
 
 
+def test_methods_and_shuffled_order_dependent_models_run() -> None:
+    result = run_suite({**CI, "models": ["transmil", "abmil"], "methods": ["supervised", "mhim_v2"], "seeds": [0],
+                        "epochs": 1, "n_train": 80, "n_test": 40, "property_pairs": 20,
+                        "model_kwargs": {"abmil": {"embed_dims": [8], "attn_dim": 4}},
+                        "method_kwargs": {"mhim_v2": {"grn_heads": 1, "grn_dim_head": 4}}})
+    runs = {r["model"]: r for r in result["runs"]}
+    assert set(runs) == {"transmil", "transmil+mhim_v2", "abmil", "abmil+mhim_v2"}
+    assert all(r["error"] is None and len(r["test_auc_curve"]) == 1 for r in runs.values()), runs
+    assert runs["transmil"]["shuffled"] and not runs["abmil"]["shuffled"]
+    assert runs["abmil+mhim_v2"]["base_model"] == "abmil" and runs["abmil+mhim_v2"]["method"] == "mhim_v2"
+    assert result["meta"]["shuffled_models"] == ["transmil"]
+    assert "shuffled at every step and tested on bags shuffled once: transmil." in result["markdown"]
+
+
 @pytest.mark.parametrize("bad,match", [
     ({"models": ["abmill"]}, "unknown model 'abmill'"),
     ({"tests": ["nope"]}, "unknown algorithmic unit test 'nope'"),
@@ -95,6 +138,8 @@ def test_failing_run_is_recorded_and_the_suite_goes_on() -> None:
     ({"epochs": 0}, "epochs and batch_size"),
     ({"verdict": {"fail": 0.4}}, "verdict"),
     ({"modles": ["mi_net"]}, "unknown key"),
+    ({"methods": ["mhimm"]}, "unknown method 'mhimm'"),
+    ({"methods": ["mhim"], "method_kwargs": {"mhim": {"score": "max"}}}, "method.score must be one of"),
 ])
 def test_bad_config_fails_before_training(bad: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
@@ -126,7 +171,7 @@ def test_script_runs(tmp_path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     args = [sys.executable, str(ROOT / "scripts" / "aut.py"), "models=[mi_net]", "tests=[single_concept]", "seeds=1",
             "epochs=1", "n_train=40", "n_test=20", "jobs=1", "property_pairs=10", f"output={tmp_path}"]
-    ok = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
+    ok = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)  # a loaded shared CPU
     assert ok.returncode == 0, ok.stderr
     assert (tmp_path / "aut_report.md").exists() and "report written to" in ok.stdout
 

@@ -1,6 +1,8 @@
 """MHIM-MIL v1 as a TrainingMethod: teacher, EMA, masking from teacher scores, losses, inference."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,8 +11,8 @@ from torch import nn
 from milkit.errors import ConfigError
 from milkit.models.base import MILModel
 from milkit.training.methods.base import StepContext
-from milkit.training.methods.mhim import MHIM, class_probability, soft_target_cross_entropy
-from milkit.types import BagFeatures
+from milkit.training.methods.mhim import MHIM, MHIMv2, class_probability, soft_target_cross_entropy
+from milkit.types import BagBatch, BagFeatures
 from unit_tests.training.mhim_utils import IN_DIM, auc, fit, padded_batch, set_up, synthetic_bags, tiny
 
 CTX = StepContext(global_step=0, max_steps=100)
@@ -178,7 +180,7 @@ def test_class_aware_score_for_attention_pooling() -> None:
         t = method.teacher
         h = t.embed(batch.x)
         a = t.pool.scorer(h)[..., 0].masked_fill(~batch.mask, float("-inf")).softmax(-1)
-        manual = class_probability(t.head(a.unsqueeze(-1) * h))
+        manual = class_probability(t.head(a.unsqueeze(-1) * h) - t.head.bias)  # class-0 bias on all: no bias
         torch.testing.assert_close(scores[batch.mask], manual[batch.mask])
         assert ((scores[batch.mask] >= (0.5 if c == 1 else 1 / 3)) & (scores[batch.mask] <= 1)).all()
 
@@ -193,7 +195,7 @@ def test_class_aware_score_for_mambamil_uses_the_pooled_features() -> None:
     a = feats.instance_scores.masked_fill(~batch.mask, float("-inf")).softmax(-1)
     shares = a.unsqueeze(-1) * feats.extras["pooled_instances"]
     torch.testing.assert_close(shares.sum(1), feats.bag_embedding)  # the shares add up to the bag embedding
-    torch.testing.assert_close(scores[batch.mask], class_probability(t.head(shares))[batch.mask])
+    torch.testing.assert_close(scores[batch.mask], class_probability(t.head(shares) - t.head.bias)[batch.mask])
     model.train()
     assert torch.isfinite(method.training_step(model, batch, CTX).loss)
 
@@ -210,10 +212,60 @@ def test_class_aware_score_for_transmil_follows_the_first_layer_values() -> None
     a = feats.extras["attention"][0][0]  # (H, N) of the first bag alone
     attn = t.layer1.attn
     v = attn.to_qkv(t.layer1.norm(h[0]))[:, 2 * attn.heads * attn.dim_head:].view(9, attn.heads, attn.dim_head)
-    manual = class_probability(t.head(attn.to_out((a.T.unsqueeze(-1) * v).flatten(1))))
+    manual = class_probability(t.head(attn.to_out((a.T.unsqueeze(-1) * v).flatten(1))) - t.head.bias)
     torch.testing.assert_close(scores[0, :9], manual, rtol=1e-4, atol=1e-5)
     model.train()
     assert torch.isfinite(method.training_step(model, batch, CTX).loss)
+
+
+class HandBuilt(MILModel):
+    """Identity embedding, fixed attention logits (the first feature), linear head with fixed weights."""
+
+    def __init__(self, weight: list[list[float]], bias: list[float]) -> None:
+        super().__init__(in_dim=2, num_classes=len(bias))
+        self.head = nn.Linear(2, len(bias))
+        with torch.no_grad():
+            self.head.weight.copy_(torch.tensor(weight))
+            self.head.bias.copy_(torch.tensor(bias))
+
+    @property
+    def embed_dim(self) -> int:
+        return 2
+
+    def aggregate(self, h, mask, coords=None) -> BagFeatures:
+        a = h[..., 0].masked_fill(~mask, float("-inf")).softmax(-1)
+        return BagFeatures(bag_embedding=(a.unsqueeze(-1) * h).sum(1), instance_scores=h[..., 0])
+
+
+@pytest.mark.parametrize("bias_mode", ["class0", "own"])
+def test_class_aware_score_formula_on_a_hand_built_model(bias_mode: str) -> None:
+    """s_i = max_c softmax_c(W·(a_i h_i) + b), with b = (b_0, b_0) upstream (``class0``) or (b_0, b_1) (``own``).
+
+    Instances h = (0, 2), (0, -2), (ln 2, 0): a = (1/4, 1/4, 1/2), a_i h_i = (0, .5), (0, -.5), (ln2/2, 0).
+    W = [[0, 0], [0, 1]], b = (0, 3): upstream scores the signed evidence by its magnitude, σ(.5) for the
+    first two instances and 1/2 for the third; with the own bias the gap of 3 dominates, σ(3.5), σ(2.5), σ(3).
+    """
+    model = HandBuilt([[0.0, 0.0], [0.0, 1.0]], [0.0, 3.0])
+    method = MHIMv2(class_aware_bias=bias_mode, grn_heads=1, grn_dim_head=2)
+    method.setup(model)
+    method.eval()
+    x = torch.tensor([[[0.0, 2.0], [0.0, -2.0], [math.log(2.0), 0.0]]])
+    scores, _ = method.teacher_view(BagBatch(x=x, mask=torch.ones(1, 3, dtype=torch.bool)))
+    sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+    expected = [sig(0.5), sig(0.5), 0.5] if bias_mode == "class0" else [sig(3.5), sig(2.5), sig(3.0)]
+    torch.testing.assert_close(scores[0], torch.tensor(expected))
+    # one logit: the same scores as the two-class model with w = w_1 - w_0 (and b = b_1 - b_0 for ``own``)
+    one = HandBuilt([[0.0, 1.0]], [3.0])
+    method1 = MHIMv2(class_aware_bias=bias_mode, grn_heads=1, grn_dim_head=2)
+    method1.setup(one)
+    method1.eval()
+    torch.testing.assert_close(method1.teacher_view(BagBatch(x=x, mask=torch.ones(1, 3, dtype=torch.bool)))[0][0],
+                               torch.tensor(expected))
+
+
+def test_class_aware_bias_option_is_checked() -> None:
+    with pytest.raises(ConfigError, match="method.class_aware_bias must be one of class0, own, got 'zero'"):
+        MHIM(class_aware_bias="zero")
 
 
 def test_class_aware_score_needs_a_decomposable_model() -> None:

@@ -12,10 +12,20 @@ _ACTS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoi
 
 
 def make_activation(name: str) -> nn.Module:
+    """An activation by name; ``"name:arg"`` passes one float argument, e.g. ``"leaky_relu:0.2"``."""
+    base, _, arg = name.partition(":")
     try:
-        return _ACTS[name]()
+        cls = _ACTS[base]
     except KeyError:
         raise ValueError(f"unknown activation '{name}' (known: {', '.join(_ACTS)})") from None
+    if not arg:
+        return cls()
+    if base != "leaky_relu":  # the only one whose first argument is a float (its negative slope)
+        raise ValueError(f"activation '{name}': '{base}' takes no argument")
+    try:
+        return cls(float(arg))
+    except ValueError:
+        raise ValueError(f"activation '{name}': the negative slope '{arg}' is not a number") from None
 
 
 class InstanceMLP(nn.Sequential):

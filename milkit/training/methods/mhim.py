@@ -19,12 +19,13 @@ Works with any registered model that returns instance scores. Scores used for ma
   other features than its aggregate's input (MambaMIL: after the Mamba layers), checked once that ``Σ_i a_i·h_i``
   is the bag embedding). ``C = 1``: ``max(σ, 1-σ)``. Under ``task=survival`` the instance's *risk* replaces
   ``max_c p``, so the highest-risk instances are the salient ones that get masked.
+  As upstream, the head's class-0 bias is added to every output (also under survival), so the bias cancels
+  (``class_aware_bias="class0"``); ``"own"`` adds each output's own bias instead.
 
 Deliberate deviations from the upstream code (DearCaat/MHIM-MIL), following the paper where they differ:
 
 * the teacher runs in eval mode (paper Alg. 1); upstream runs it in train mode with dropout — set
   ``teacher_train_mode=true`` to reproduce the code;
-* the head bias is used in the class-aware score (upstream adds ``bias[0]`` to every class, a no-op);
 * a baseline checkpoint that does not fit raises ``ConfigError`` (upstream loads ``strict=False`` and
   swallows errors, which silently trains from scratch);
 * the kept instances keep their original order (upstream: Python ``set`` order); ratios count
@@ -98,6 +99,7 @@ class MHIM(TrainingMethod):
         teacher_init: baseline checkpoint that initialises the teacher (``None``: a copy of the student).
         init_student: what the student takes from that checkpoint: ``fc`` (its ``embed``), ``all``, ``none``.
         teacher_train_mode: run the teacher with dropout active (upstream code) instead of eval mode (paper).
+        class_aware_bias: ``class0`` (upstream: bias of class 0 on every class, i.e. no bias gap) or ``own``.
     """
 
     needs_instance_scores = True
@@ -107,7 +109,7 @@ class MHIM(TrainingMethod):
                  attn_layer: int = 0, consistency_weight: float = 0.1, temp_teacher: float = 0.1,
                  temp_student: float = 1.0, momentum: float = 0.9999, momentum_schedule: str = "none",
                  momentum_final: float = 1.0, teacher_init: str | None = None, init_student: str = "fc",
-                 teacher_train_mode: bool = False) -> None:
+                 teacher_train_mode: bool = False, class_aware_bias: str = "class0") -> None:
         super().__init__()
         self.mask_ratio_high = _check("mask_ratio_high", mask_ratio_high, 0, 1)
         self.high_random_frac = _check("high_random_frac", high_random_frac, 0, 1, low_open=True)
@@ -125,6 +127,7 @@ class MHIM(TrainingMethod):
         self.teacher_init = teacher_init
         self.init_student = _choice("init_student", init_student, ("none", "fc", "all"))
         self.teacher_train_mode = bool(teacher_train_mode)
+        self.class_aware_bias = _choice("class_aware_bias", class_aware_bias, ("class0", "own"))
         self.teacher: MILModel | None = None
         self._pooling_checked = False
 
@@ -200,6 +203,12 @@ class MHIM(TrainingMethod):
                 self._pooling_checked = True
         b, n, e = shares.shape
         logits = self.teacher.forward_head(BagFeatures(bag_embedding=shares.reshape(b * n, e)))
+        if self.class_aware_bias == "class0":
+            # upstream: W·(a_i h_i) + bias[0] for every class. Subtracting head(0) = bias leaves W·(a_i h_i), the
+            # same softmax; for one logit the score is then σ(|w·a_i h_i|), upstream's two-class score with
+            # w = w_1 - w_0. Since a_i·h_i is O(1/N), a kept bias gap would dominate the score and rank
+            # instances by signed evidence instead of its magnitude. Exact for affine heads (all of milkit's).
+            logits = logits - self.teacher.forward_head(BagFeatures(bag_embedding=shares.new_zeros(1, e)))
         return score(logits.view(b, n, -1))
 
     # ---- training step ---------------------------------------------------------------------------------------
