@@ -13,7 +13,7 @@ export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1
 unset PYTHONPATH
 
 mkdir "$WORK/src"                                    # build from a copy: no build/ or egg-info in the checkout
-cp -r pyproject.toml README.md milkit "$WORK/src/"
+cp -r pyproject.toml README.md milkit data "$WORK/src/"   # data/: milkit/cohorts links there
 "$PY" -m pip wheel --disable-pip-version-check --no-deps --no-build-isolation -q "$WORK/src" -w "$WORK/dist"
 
 python3 -m venv "$WORK/venv"
@@ -25,6 +25,9 @@ V=$WORK/venv/bin
 mkdir "$WORK/empty" && cd "$WORK/empty"
 installed=$("$V/python" -c "import milkit; print(milkit.__file__)")
 case "$installed" in "$WORK/venv/"*) ;; *) echo "milkit imported from $installed, not the wheel"; exit 1;; esac
+
+# the cohort tables are inside the wheel
+"$V/python" -c "from milkit.data.matching import resolve_cohort_csv as r; p = r('camelyon16'); assert p.is_file() and '$WORK/venv/' in str(p.resolve()), p"
 
 # one fold, one epoch, from an empty folder
 "$V/milkit-train" data=synthetic data.source.n_bags=24 data.source.max_size=16 model.embed_dims=[16] \
