@@ -145,7 +145,10 @@ def _finish_checkpoints(trainer: L.Trainer, ckpt_dir: Path) -> str | None:
     trainer.strategy.barrier()
     if ckpt_cb is None or not ckpt_cb.best_model_path:
         return None
-    ckpt_cb.best_model_path = str(ckpt_dir / Path(ckpt_cb.best_model_path).name)
+    # rank zero's path (broadcast by Lightning): under multi-node runs with one run folder per node, the other
+    # ranks read the checkpoint where rank zero moved it, not under their own folder
+    staged_best = Path(ckpt_cb.best_model_path)
+    ckpt_cb.best_model_path = str(staged_best.parent.parent / staged_best.name)
     return ckpt_cb.best_model_path
 
 
