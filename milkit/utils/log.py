@@ -11,32 +11,30 @@ prints each line once.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 from milkit.errors import ConfigError
+from milkit.utils.dist import is_global_zero
 
-__all__ = ["LEVELS", "RankZeroFilter", "configure_cli_logging", "global_rank"]
+__all__ = ["LEVELS", "RankZeroFilter", "configure_cli_logging", "on_global_zero"]
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-_RANK_ENV = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")  # Lightning's order
 
 
-def global_rank() -> int:
-    """This process's global rank: the one Lightning's strategy set, else the launcher's environment, else 0."""
+def on_global_zero() -> bool:
+    """Whether this process is global rank zero: the rank Lightning's strategy set, else the launcher's
+    environment (:func:`milkit.utils.dist.is_global_zero`)."""
     from lightning_utilities.core.rank_zero import rank_zero_only
 
     rank = getattr(rank_zero_only, "rank", None)
-    if rank is not None:
-        return int(rank)
-    return next((int(os.environ[k]) for k in _RANK_ENV if k in os.environ), 0)
+    return int(rank) == 0 if rank is not None else is_global_zero()
 
 
 class RankZeroFilter(logging.Filter):
     """Passes warnings and errors from every process, lower levels only from global rank zero."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or global_rank() == 0
+        return record.levelno >= logging.WARNING or on_global_zero()
 
 
 class _StdoutHandler(logging.StreamHandler):
