@@ -10,9 +10,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from milkit.errors import ConfigError
 from milkit.utils.io import atomic_path
 
-__all__ = ["VerdictRule", "json_ready", "plot_curves", "render_markdown", "rerender", "summarize", "write_report"]
+__all__ = ["VerdictRule", "json_ready", "merge_reports", "plot_curves", "render_markdown", "rerender", "summarize",
+           "write_report"]
 
 
 @dataclass(frozen=True)
@@ -223,6 +225,40 @@ def rerender(json_path: str | Path, rule: VerdictRule | None = None) -> str:
     if rule is not None:
         meta = {**meta, "verdict_rule": asdict(rule)}
     return render_markdown(summarize(data["runs"], VerdictRule(**meta["verdict_rule"])), meta)
+
+
+def merge_reports(report_dirs: Sequence[str | Path], out_dir: str | Path | None = None) -> dict[str, Any]:
+    """One report from the ``aut_report.json`` of several parts of a suite run one after another (e.g. one test
+    per job): the runs are pooled, the verdicts recomputed, the wall and CPU times summed and the plots redrawn.
+    The parts must share the protocol and the verdict rule. Written to ``out_dir`` when given."""
+    paths = [Path(d) / "aut_report.json" for d in report_dirs]
+    parts = []
+    for path in paths:
+        try:
+            parts.append(json.loads(path.read_text()))
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"aut merge: cannot read {path}: {err}") from None
+    meta = dict(parts[0]["meta"])
+    for path, part in zip(paths, parts):
+        for key in ("protocol", "verdict_rule", "protocol_name"):
+            if part["meta"].get(key) != meta.get(key):
+                raise ConfigError(f"aut merge: {path} has another {key} than {paths[0]}")
+    runs = [r for part in parts for r in part["runs"]]
+    union = lambda key: list(dict.fromkeys(x for part in parts for x in part["meta"][key]))  # noqa: E731
+    env = [part["meta"]["environment"] for part in parts]
+    meta.update(tests=union("tests"), models=union("models"), methods=union("methods"),
+                shuffled_models=union("shuffled_models"), seeds=sorted(set(union("seeds"))), n_runs=len(runs),
+                wall_time_s=sum(part["meta"]["wall_time_s"] for part in parts),
+                cpu_time_s=sum(part["meta"]["cpu_time_s"] for part in parts), merged_from=[str(p) for p in paths],
+                environment={**env[0], "load_average_end": env[-1]["load_average_end"]})
+    rule = VerdictRule(**meta["verdict_rule"])
+    rows = summarize(runs, rule)
+    written: list[Path] = []
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        meta["plots"] = [str(p) for p in plot_curves(runs, out_dir, rule.fail_below)]
+        written = list(write_report(out_dir, runs, rows, meta))
+    return {"summary": rows, "runs": runs, "meta": meta, "markdown": render_markdown(rows, meta), "paths": written}
 
 
 def write_report(out_dir: str | Path, runs: Sequence[dict], rows: Sequence[dict], meta: dict[str, Any]) -> tuple[Path, Path]:

@@ -28,7 +28,8 @@ from omegaconf import OmegaConf
 
 from milkit.aut.generators import AUT_TESTS, make_test
 from milkit.aut.property_check import monotonicity_check
-from milkit.aut.report import VerdictRule, json_ready, plot_curves, render_markdown, summarize, write_report
+from milkit.aut.report import (VerdictRule, json_ready, merge_reports, plot_curves, render_markdown, summarize,
+                               write_report)
 from milkit.aut.trainer import Protocol, Standardized, standardize, train_and_evaluate
 from milkit.cli import CONF_DIR
 from milkit.errors import ConfigError, MILKitError
@@ -78,6 +79,7 @@ class SuiteConfig:
     threads: int = 1                         # torch threads per run
     output: str | None = None                # report folder; None: do not write files
     verbose: bool = True
+    merge: list[str] = field(default_factory=list)  # report folders to merge into one report (nothing is run)
 
     @classmethod
     def from_any(cls, cfg: Any) -> "SuiteConfig":
@@ -269,6 +271,11 @@ def run_suite(cfg: Any) -> dict[str, Any]:
     Returns ``{"summary": rows, "runs": runs, "meta": meta, "markdown": str, "paths": [md, json] or []}``.
     """
     cfg = SuiteConfig.from_any(cfg)
+    if cfg.merge:
+        merged = merge_reports(cfg.merge, cfg.output)
+        if cfg.verbose:
+            log.info("\n" + merged["markdown"])
+        return merged
     models = select_models(cfg)
     if not models or not cfg.tests or not cfg.seed_list or not cfg.methods:
         raise ConfigError("aut config: nothing to run (models, methods, tests and seeds must be non-empty)")

@@ -7,7 +7,7 @@ from typing import Sequence
 import lightning as L
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from milkit.data.bag import Bag, collate_bags, subsample_bag
 from milkit.data.sources import BagSource
@@ -62,11 +62,14 @@ class MILDataModule(L.LightningDataModule):
         max_instances: random subsample of at most this many instances per training bag (None = all).
         standardize: z-score features with statistics of this fold's training instances.
         num_workers: DataLoader workers.
+        balanced_sampler: draw training bags with replacement, weighted by 1 / (size of their group), one epoch =
+            as many draws as training bags (CLAM / MambaMIL ``--weighted_sample``); the groups come from the task
+            (``set_sample_groups``: the class, or the survival bin × event).
     """
 
     def __init__(self, source: BagSource, fold_splits: pd.DataFrame, batch_size: int = 1,
                  eval_batch_size: int = 1, max_instances: int | None = None, standardize: bool = False,
-                 num_workers: int = 0) -> None:
+                 num_workers: int = 0, balanced_sampler: bool = False) -> None:
         super().__init__()
         self.source = source
         self.ids = {s: fold_splits.loc[fold_splits["split"] == s, "bag_id"].tolist() for s in ("train", "val", "test")}
@@ -75,6 +78,13 @@ class MILDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.max_instances, self.standardize, self.num_workers = max_instances, standardize, num_workers
         self.stats: FeatureStats | None = None
+        self.balanced_sampler = balanced_sampler
+        self.sample_weights: torch.Tensor | None = None
+
+    def set_sample_groups(self, groups: pd.Series) -> None:
+        """Group key per training bag (indexed by ``bag_id``); weights ``1 / group size`` for the balanced sampler."""
+        keys = groups.loc[self.ids["train"]]
+        self.sample_weights = torch.tensor((1.0 / keys.map(keys.value_counts())).to_numpy(float), dtype=torch.double)
 
     def setup(self, stage: str | None = None) -> None:
         if self.standardize and self.stats is None:
@@ -84,8 +94,14 @@ class MILDataModule(L.LightningDataModule):
         return BagDataset(self.source, self.ids[split], self.max_instances if train else None, self.stats)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
+        sampler = None
+        if train and self.balanced_sampler:
+            if self.sample_weights is None:
+                raise DataError("data.balanced_sampler needs the training bags' groups (set_sample_groups)")
+            sampler = WeightedRandomSampler(self.sample_weights, len(self.sample_weights), replacement=True)
         return DataLoader(self.dataset(split, train), batch_size=self.batch_size if train else self.eval_batch_size,
-                          shuffle=train, collate_fn=collate_bags, num_workers=self.num_workers,
+                          shuffle=train and sampler is None, sampler=sampler, collate_fn=collate_bags,
+                          num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0, worker_init_fn=worker_init())
 
     def train_dataloader(self) -> DataLoader:

@@ -1,10 +1,11 @@
 """Synthetic survival cohorts with a known per-patient risk (``data=synthetic_survival``), offline and seeded.
 
 Each patient has ``Dirichlet(1)`` proportions of four instance types, ``min_size..max_size`` instances split
-over 1..``max_slides`` slides; features are ``N(±signal · u_type, I)`` with random unit directions ``u`` (type 0,
-background, at the origin) and, with ``symmetric`` (default), a random sign per instance: the bag *mean* then
-carries no type information, so mean pooling cannot recover the risk while attention can (``symmetric=false``:
-one centre per type, the research note's design, under which a mean-pooled linear Cox model is near-oracle).
+over 1..``max_slides`` slides; features are ``N(signal · u_type, I)`` with random unit directions ``u`` (type 0,
+background, at the origin): the research note's design (default), under which the bag mean is linear in the type
+fractions, so a mean-pooled linear Cox model is close to the oracle too. ``symmetric=true`` gives every instance a
+random sign (``±signal · u_type``): the bag *mean* then carries no type information and mean pooling of raw
+features is at chance, while an instance embedding followed by pooling can still recover the fractions.
 The true log-hazard is ``risk_scale · (f · β)`` with ``f`` the patient's realised type fractions and
 ``β`` = (background 0, low-risk tumour 0, aggressive tumour +1.5, protective immune -1.0). Times follow a Weibull
 proportional-hazards model (shape 1.2, scale 40 months), censoring is exponential (mean 70) with an
@@ -32,7 +33,7 @@ class SyntheticSurvivalSource(BagSource):
     def __init__(self, n_patients: int = 400, in_dim: int = 32, min_size: int = 30, max_size: int = 200,
                  max_slides: int = 2, signal: float = 3.0, betas: Sequence[float] = (0.0, 0.0, 1.5, -1.0),
                  risk_scale: float = 4.0, weibull_shape: float = 1.2, weibull_scale: float = 40.0,
-                 censor_mean: float = 70.0, admin_cut: float = 120.0, symmetric: bool = True, seed: int = 0) -> None:
+                 censor_mean: float = 70.0, admin_cut: float = 120.0, symmetric: bool = False, seed: int = 0) -> None:
         rng = np.random.default_rng(seed)
         g = torch.Generator().manual_seed(seed)
         k = len(betas)

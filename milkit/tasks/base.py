@@ -69,6 +69,10 @@ class Task:
     def fit(self, train_records: pd.DataFrame) -> None:  # noqa: ARG002
         """Learn fold-dependent state from the training bags' records only."""
 
+    def sample_groups(self, train_records: pd.DataFrame) -> pd.Series:
+        """Group key per training bag (indexed by ``bag_id``) for ``data.balanced_sampler``: the ``label``."""
+        return train_records.set_index("bag_id")["label"]
+
     def state(self) -> dict[str, Any]:
         return {}
 

@@ -44,6 +44,7 @@ RUNS = {
     "transmil/nll": ["model=transmil", "model.dim=64", "model.heads=4"],
     "mambamil/nll": ["model=mambamil", "model.embed_dim=64"],
     "rrt_abmil/nll": ["model=rrt_abmil", "model.embed_dim=64", "model.attn_dim=32"],
+    "mean/nll": ["model=mean", "model.embed_dims=[64]"],  # attention-free: instance MLP, then the bag mean
 }
 SMALL_ABMIL = ["model.embed_dims=[64]", "model.attn_dim=32"]
 

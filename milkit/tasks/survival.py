@@ -69,17 +69,23 @@ class SurvivalTask(Task):
         return bags
 
     def strata(self, records: pd.DataFrame, folds: int) -> pd.DataFrame:
-        """bin × event; the event alone when some bin × event stratum has fewer than ``folds`` cases."""
-        per_case = records.groupby("case_id")["label"].first()
-        if per_case.value_counts().min() >= folds:
-            return records
-        return records.assign(label=records["event"].astype(int))
+        """bin × event; the event alone when some bin × event stratum has fewer than ``folds`` cases; no
+        stratification when even that is too fine (a tiny cohort with fewer censored cases than folds)."""
+        for strata in (records["label"], records["event"].astype(int)):
+            if strata.groupby(records["case_id"]).first().value_counts().min() >= folds:
+                return records.assign(label=strata)
+        return records.assign(label=0)
 
     def fit(self, train_records: pd.DataFrame) -> None:
         cohort = self.bins_from == "cohort" and self._records is not None
         recs = self._records if cohort else train_records
         self.inner_edges = quantile_edges(recs["time"].to_numpy(float), recs["event"].to_numpy(), self.n_bins,
                                           f"{self._where} ({'cohort' if cohort else 'training fold'})").tolist()
+
+    def sample_groups(self, train_records: pd.DataFrame) -> pd.Series:
+        """bin (of this fold's edges) × event, as MambaMIL's weighted sampler (bin × censorship)."""
+        bins = time_bins(torch.tensor(train_records["time"].to_numpy(float)), self.inner_edges_tensor()).numpy()
+        return pd.Series(bins * 2 + train_records["event"].to_numpy(int), index=train_records["bag_id"].to_numpy())
 
     def state(self) -> dict[str, Any]:
         return {"inner_edges": self.inner_edges}

@@ -86,12 +86,16 @@ def build_run_components(cfg: DictConfig, source: BagSource, fold_splits: pd.Dat
     dm = MILDataModule(source, fold_splits, batch_size=cfg.data.batch_size,
                        eval_batch_size=cfg.data.get("eval_batch_size", 1),
                        max_instances=cfg.data.get("max_instances"), standardize=cfg.data.get("standardize", False),
-                       num_workers=cfg.data.get("num_workers", 0))
+                       num_workers=cfg.data.get("num_workers", 0),
+                       balanced_sampler=cfg.data.get("balanced_sampler", False))
     dm.setup("fit")
     if OmegaConf.is_missing(cfg.data, "in_dim"):
         raise ConfigError(f"data.in_dim is not set; the features of '{source.name}' have D={source.in_dim} "
                           f"(set data.in_dim={source.in_dim})")
-    task.fit(source.records[source.records["bag_id"].isin(dm.ids["train"])])
+    train_records = source.records[source.records["bag_id"].isin(dm.ids["train"])]
+    task.fit(train_records)
+    if dm.balanced_sampler:
+        dm.set_sample_groups(task.sample_groups(train_records))
     width = task.out_dim(int(cfg.model.num_classes))  # models are task-agnostic: num_classes = output width
     model = instantiate(cfg.model, num_classes=width)
     if model.in_dim != source.in_dim:

@@ -188,3 +188,26 @@ def test_script_reports_a_bad_config_in_one_line(tmp_path, capsys) -> None:
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].endswith(
         "error: aut config 'models': unknown model 'nope' (known: " + ", ".join(list_models()) + ")")
+
+
+def test_parts_of_a_suite_merge_into_the_report_of_the_whole(suite, tmp_path) -> None:
+    result, out = suite
+    part = tmp_path / "part2"
+    run_suite({**CI, "models": ["mi_net"], "tests": ["false_frequency"], "seeds": [0], "output": str(part)})
+    merged = run_suite({"merge": [str(out), str(part)], "output": str(tmp_path / "all"), "verbose": False})
+    rows = {(r["model"], r["test"]): r for r in merged["summary"]}
+    assert set(rows) == {("mi_net", "single_concept"), ("mean", "single_concept"), ("mi_net", "false_frequency")}
+    assert rows[("mean", "single_concept")]["verdict"] == "FAIL" and merged["meta"]["n_runs"] == 5
+    assert merged["meta"]["tests"] == ["single_concept", "false_frequency"]
+    first = json.loads((out / "aut_report.json").read_text())["meta"]["wall_time_s"]
+    second = json.loads((part / "aut_report.json").read_text())["meta"]["wall_time_s"]
+    assert merged["meta"]["wall_time_s"] == pytest.approx(first + second)
+    md = (tmp_path / "all" / "aut_report.md").read_text()
+    assert "| mi_net | standard | PASS (" in md and md == merged["markdown"]
+    assert (tmp_path / "all" / "aut_false_frequency.png").exists()
+    other = tmp_path / "other"
+    run_suite({**CI, "models": ["mi_net"], "seeds": [0], "epochs": 2, "output": str(other)})
+    with pytest.raises(ConfigError, match="another protocol"):
+        run_suite({"merge": [str(out), str(other)], "verbose": False})
+    with pytest.raises(ConfigError, match="cannot read"):
+        run_suite({"merge": [str(tmp_path / "missing")], "verbose": False})

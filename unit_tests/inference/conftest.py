@@ -72,24 +72,28 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Cohort:
     return Cohort(root, csv, feats)
 
 
-@pytest.fixture(scope="session")
-def trained(cohort: Cohort, tmp_path_factory: pytest.TempPathFactory) -> Trained:
+def train_small_abmil(features: Path, cohort_csv: Path, out: Path, *overrides: str) -> Trained:
+    """One fold of ``train(cfg)`` (a 16-wide ABMIL, 2 epochs) on a preprocessed feature folder."""
+    import pandas as pd
+
     from milkit.training.train import train
 
-    out = tmp_path_factory.mktemp("infer_run")
-    overrides = ["data=features", f"data.source.feature_dir={cohort.features}", f"data.source.cohort_csv={cohort.csv}",
+    overrides = ("data=features", f"data.source.feature_dir={features}", f"data.source.cohort_csv={cohort_csv}",
                  "data.in_dim=64", "data.standardize=true", "data.num_workers=0", "model=abmil",
                  "model.embed_dims=[16]", "model.attn_dim=8", "trainer.max_epochs=2", "trainer.min_epochs=1",
-                 "cv.folds=3", "cv.run_folds=[0]", "logger=none"]
+                 "cv.folds=3", "cv.run_folds=[0]", "logger=none", *overrides)
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
-        cfg = compose(config_name="train", overrides=overrides)
+        cfg = compose(config_name="train", overrides=list(overrides))
     with open_dict(cfg):
         cfg.paths.output_dir, cfg.paths.log_dir, cfg.paths.root_dir = str(out), str(out / "logs"), str(out)
     summary = train(cfg)
-    import pandas as pd
-
     preds = pd.read_csv(out / "fold0" / "test_predictions.csv", dtype={"bag_id": str})
     return Trained(out, Path(summary["folds"][0]["checkpoint"]), preds["bag_id"].tolist())
+
+
+@pytest.fixture(scope="session")
+def trained(cohort: Cohort, tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    return train_small_abmil(cohort.features, cohort.csv, tmp_path_factory.mktemp("infer_run"))
 
 
 def _disc(cx: float, cy: float, rx: float, ry: float, n: int = 128) -> np.ndarray:

@@ -88,3 +88,17 @@ def test_no_events_and_too_few_uncensored_cases(tmp_path: Path) -> None:
     df.to_csv(csv, index=False)
     with pytest.raises(DataError, match=r"cohort.csv: no events"):
         SurvivalTask().prepare(FeatureDirSource(fdir, csv))
+
+
+def test_split_strata_fall_back_from_bin_by_event_to_event_to_none() -> None:
+    def records(labels: list[int], events: list[int]) -> pd.DataFrame:
+        return pd.DataFrame({"bag_id": [f"b{i}" for i in range(len(labels))],
+                             "case_id": [f"c{i}" for i in range(len(labels))], "label": labels, "event": events})
+
+    task = SurvivalTask()
+    fine = records([0, 0, 0, 1, 1, 1], [1, 1, 1, 0, 0, 0])
+    assert task.strata(fine, 3)["label"].tolist() == [0, 0, 0, 1, 1, 1]          # bin × event
+    coarse = records([0, 1, 2, 3, 4, 5], [1, 1, 1, 0, 0, 0])
+    assert task.strata(coarse, 3)["label"].tolist() == [1, 1, 1, 0, 0, 0]        # the event alone
+    tiny = records([0, 1, 2, 3, 4, 5], [1, 1, 1, 1, 1, 0])
+    assert task.strata(tiny, 3)["label"].tolist() == [0] * 6                      # one censored case: unstratified
