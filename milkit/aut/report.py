@@ -175,6 +175,8 @@ def render_markdown(rows: Sequence[dict], meta: dict[str, Any]) -> str:
     if plots:
         lines += ["", "## Test AUC per epoch", "", *[f"![{Path(q).stem}]({Path(q).name})" for q in plots]]
     load = meta["environment"]["load_average_start"][0], meta["environment"]["load_average_end"][0]
+    if meta.get("interrupted"):
+        lines += ["", f"**Interrupted** ({meta['interrupted']}): the tables hold the finished runs only."]
     lines += ["", f"Wall time: {meta['wall_time_s']:.1f} s for {meta['n_runs']} runs ({meta['jobs']} worker(s); "
               f"{meta['cpu_time_s']:.0f} CPU-seconds in the runs; 1-min load average {load[0]:.1f} at start, "
               f"{load[1]:.1f} at end on {meta['environment']['cpu_count']} CPUs).", ""]
@@ -251,6 +253,11 @@ def merge_reports(report_dirs: Sequence[str | Path], out_dir: str | Path | None 
                 wall_time_s=sum(part["meta"]["wall_time_s"] for part in parts),
                 cpu_time_s=sum(part["meta"]["cpu_time_s"] for part in parts), merged_from=[str(p) for p in paths],
                 environment={**env[0], "load_average_end": env[-1]["load_average_end"]})
+    meta.pop("interrupted", None)
+    stopped = [f"{path.parent.name}: {part['meta']['interrupted']}" for path, part in zip(paths, parts)
+               if part["meta"].get("interrupted")]
+    if stopped:
+        meta["interrupted"] = "; ".join(stopped)
     rule = VerdictRule(**meta["verdict_rule"])
     rows = summarize(runs, rule)
     written: list[Path] = []

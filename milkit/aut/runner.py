@@ -12,11 +12,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import multiprocessing as mp
 import os
 import platform
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Mapping
@@ -28,11 +26,12 @@ from omegaconf import OmegaConf
 
 from milkit.aut.generators import AUT_TESTS, make_test
 from milkit.aut.property_check import monotonicity_check
-from milkit.aut.report import (VerdictRule, json_ready, merge_reports, plot_curves, render_markdown, summarize,
+from milkit.aut.report import (VerdictRule, merge_reports, plot_curves, render_markdown, summarize,
                                write_report)
 from milkit.aut.trainer import Protocol, Standardized, standardize, train_and_evaluate
 from milkit.cli import CONF_DIR
-from milkit.errors import ConfigError, MILKitError
+from milkit.aut.execute import execute
+from milkit.errors import ConfigError, MILKitError, RunInterrupted
 from milkit.models import create_model, list_models, model_info
 from milkit.training.methods import TrainingMethod
 
@@ -216,55 +215,6 @@ def run_one(model: str, test: str, seed: int, cfg: SuiteConfig, method: str = "s
     return rec
 
 
-def _line(i: int, n: int, r: dict) -> str:
-    head = f"[{i}/{n}] {r['model']} × {r['test']} seed {r['seed']}:"
-    if r["error"]:
-        return f"{head} ERROR {r['error']}"
-    low = r.get("property", {}).get("lowered_fraction")
-    return (f"{head} train AUC {r['train_auc']:.3f} test AUC {r['test_auc']:.3f} (min {min(r['test_auc_curve']):.3f})"
-            + (f" lowered {low:.3f}" if low is not None else "") + f" ({r['seconds']:.1f} s)")
-
-
-def _progress(cfg: SuiteConfig) -> Any:
-    """A callback that appends each finished run to ``<output>/aut_runs.jsonl`` (progress of a long suite,
-    kept when it is interrupted; the report is written at the end) and prints its line."""
-    emit = log.info if cfg.verbose else (lambda *_, **__: None)
-    path = os.path.join(cfg.output, "aut_runs.jsonl") if cfg.output else None
-    if path:
-        os.makedirs(cfg.output, exist_ok=True)
-        open(path, "w").close()
-
-    def done(i: int, n: int, rec: dict) -> None:
-        if path:
-            with open(path, "a") as f:
-                f.write(json.dumps(json_ready(rec), allow_nan=False) + "\n")
-        emit(_line(i, n, rec))
-    return done
-
-
-def _execute(tasks: list[tuple[str, str, int, str]], cfg: SuiteConfig) -> list[dict]:
-    results: dict[int, dict] = {}
-    done = _progress(cfg)
-    if cfg.jobs <= 1:
-        threads = torch.get_num_threads()
-        try:
-            for i, task in enumerate(tasks):
-                results[i] = run_one(*task[:3], cfg, task[3])
-                done(len(results), len(tasks), results[i])
-        finally:
-            torch.set_num_threads(threads)
-    else:
-        # fork: workers inherit the registry (models registered outside milkit too) and need no __main__ guard;
-        # safe here because every run is single-threaded (torch.set_num_threads(cfg.threads) in run_one)
-        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-        with ProcessPoolExecutor(cfg.jobs, mp_context=mp.get_context(method)) as pool:
-            futures = {pool.submit(run_one, *task[:3], cfg, task[3]): i for i, task in enumerate(tasks)}
-            for fut in as_completed(futures):
-                results[futures[fut]] = fut.result()
-                done(len(results), len(tasks), results[futures[fut]])
-    return [results[i] for i in range(len(tasks))]
-
-
 def run_suite(cfg: Any) -> dict[str, Any]:
     """Run the suite; print the report; write ``aut_report.md``/``.json`` to ``cfg.output`` when set.
 
@@ -283,14 +233,16 @@ def run_suite(cfg: Any) -> dict[str, Any]:
     _preflight(cfg, models)
     tasks = [(m, t, s, k) for t in cfg.tests for s in cfg.seed_list for m in models for k in cfg.methods]
     load0, t0 = os.getloadavg(), time.perf_counter()
-    runs = _execute(tasks, cfg)
+    runs, stopped = execute(tasks, cfg, run_one)
+    if stopped and not runs:
+        raise RunInterrupted(f"{stopped} before the first run finished; no report written")
     wall = time.perf_counter() - t0
     cpu = sum(r["cpu_seconds"] for r in runs)
     meta = {"protocol_name": cfg.protocol_name, "models": models, "methods": list(cfg.methods),
             "shuffled_models": [m for m in models if cfg.shuffles(m)], "tests": list(cfg.tests), "seeds": cfg.seed_list, "n_train": cfg.n_train,
             "n_test": cfg.n_test, "shuffle_instances": cfg.shuffle_instances, "protocol": dataclasses.asdict(protocol), "verdict_rule": dataclasses.asdict(rule),
             "jobs": cfg.jobs, "config": dataclasses.asdict(cfg), "wall_time_s": wall, "cpu_time_s": cpu,
-            "n_runs": len(runs),
+            "n_runs": len(runs), **({"interrupted": f"{stopped} after {len(runs)} of {len(tasks)} runs"} if stopped else {}),
             "environment": {"torch": torch.__version__, "python": platform.python_version(),
                             "cpu_count": os.cpu_count(), "load_average_start": load0,
                             "load_average_end": os.getloadavg()}}
@@ -303,4 +255,7 @@ def run_suite(cfg: Any) -> dict[str, Any]:
         log.info("\n" + markdown)
         for p in paths:
             log.info(f"report written to {p}")
+    if stopped:
+        raise RunInterrupted(f"{meta['interrupted']}; the report of the finished runs: "
+                             f"{paths[0] if paths else 'not written (no output folder)'}")
     return {"summary": rows, "runs": runs, "meta": meta, "markdown": markdown, "paths": paths}
