@@ -124,8 +124,10 @@ def run_cindex(args: argparse.Namespace) -> list[dict[str, Any]]:
 def report(dirs: list[Path]) -> list[dict[str, Any]]:
     """The table from the ``runs.jsonl`` of one or more benchmark outputs (e.g. one process per seed)."""
     records = [json.loads(line) for d in dirs for line in (Path(d) / "runs.jsonl").read_text().splitlines() if line]
+    # one record per (run, seed): outputs run side by side each fit the baseline of their seeds (the same folds)
+    unique = {(r["run"], r["seed"]): r for r in records}
     by_run: dict[str, list[dict[str, Any]]] = {}
-    for r in records:
+    for r in unique.values():
         by_run.setdefault(r["run"], []).append(r)
     rows = []
     for name, recs in by_run.items():
