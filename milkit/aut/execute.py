@@ -3,19 +3,19 @@ run appended to ``<output>/aut_runs.jsonl`` at once, and Ctrl-C / SIGTERM (a clu
 suite with the runs finished so far kept for the report."""
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import multiprocessing as mp
 import os
 import signal
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 
 from milkit.aut.report import json_ready
 from milkit.errors import RunInterrupted
+from milkit.utils.signals import signal_stops_the_run
 
 __all__ = ["execute"]
 
@@ -47,34 +47,14 @@ def _progress(cfg: Any) -> Callable[[int, int, dict], None]:
     return done
 
 
-@contextlib.contextmanager
-def _sigterm_stops() -> Iterator[None]:
-    """SIGTERM raises ``RunInterrupted`` in this process (forked workers are terminated by the parent)."""
-    owner = os.getpid()
-
-    def handler(signum: int, frame: Any) -> None:  # noqa: ARG001
-        if os.getpid() == owner:
-            raise RunInterrupted("stopped by SIGTERM")
-        os._exit(143)
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def execute(tasks: list[tuple], cfg: Any, run_one: Callable[..., dict]) -> tuple[list[dict], str | None]:
     """``run_one(model, test, seed, cfg, method)`` for every task; returns the finished runs in task order and,
     when Ctrl-C or SIGTERM stopped the suite, why (running workers are terminated, pending runs dropped)."""
     results: dict[int, dict] = {}
     done = _progress(cfg)
     stopped = None
-    with _sigterm_stops():
+    # SIGTERM (a cluster's time limit) as Ctrl-C; forked workers just exit (the parent terminates them anyway)
+    with signal_stops_the_run(signal.SIGTERM, "stopped by SIGTERM", lambda: os._exit(143)):
         try:
             if cfg.jobs <= 1:
                 threads = torch.get_num_threads()

@@ -19,7 +19,7 @@ import signal
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -38,6 +38,7 @@ from milkit.training.methods import TrainingMethod
 from milkit.training.module import MILLitModule
 from milkit.utils.dist import is_global_zero
 from milkit.utils.io import atomic_path, writable_dir
+from milkit.utils.signals import signal_stops_the_run
 
 __all__ = ["train", "resolve_splits", "build_run_components", "with_fold"]
 
@@ -246,28 +247,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                                  f"checkpoints stay in checkpoints/{INCOMPLETE}/, never taken as finished)") from None
 
 
-@contextlib.contextmanager
-def _ctrl_c_stops_the_run() -> Iterator[None]:
+def _ctrl_c_stops_the_run() -> contextlib.AbstractContextManager[None]:
     """Ctrl-C raises ``RunInterrupted`` in this process (Lightning would turn a KeyboardInterrupt into
     ``exit(1)``); forked DataLoader workers keep the usual KeyboardInterrupt; an ignored SIGINT stays ignored."""
-    owner = os.getpid()
+    return signal_stops_the_run(signal.SIGINT, "stopped by Ctrl-C", _raise_keyboard_interrupt)
 
-    def handler(signum: int, frame: Any) -> None:
-        if os.getpid() != owner:
-            raise KeyboardInterrupt
-        raise RunInterrupted("stopped by Ctrl-C")
 
-    try:
-        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # nohup, background job: Ctrl-C stays ignored
-            raise ValueError
-        previous = signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+def _raise_keyboard_interrupt() -> None:
+    raise KeyboardInterrupt
 
 
 def _train(cfg: DictConfig, out_dir: Path, rows: list[dict[str, Any]], t0: float) -> dict[str, Any]:
