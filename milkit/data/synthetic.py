@@ -13,14 +13,23 @@ import torch
 
 from milkit.data.bag import Bag
 from milkit.data.sources import BagSource
+from milkit.errors import ConfigError
 
-__all__ = ["SyntheticSource", "make_synthetic_bags"]
+__all__ = ["SyntheticSource", "check_bag_sizes", "make_synthetic_bags"]
+
+
+def check_bag_sizes(min_size: int, max_size: int) -> None:
+    """Synthetic bag sizes are drawn from ``min_size..max_size``: both ≥ 1 and in that order."""
+    if not 1 <= min_size <= max_size:
+        raise ConfigError(f"data.source: bag sizes need 1 <= min_size <= max_size, got min_size={min_size}, "
+                          f"max_size={max_size}")
 
 
 def make_synthetic_bags(n_bags: int = 64, in_dim: int = 32, num_classes: int = 2, min_size: int = 8,
                         max_size: int = 32, witness_rate: float = 0.2, signal: float = 2.0, seed: int = 0,
                         bags_per_case: int = 1, with_coords: bool = True) -> tuple[list[Bag], list[str]]:
     """Return ``(bags, case_ids)``; labels cycle through the classes so the set is balanced."""
+    check_bag_sizes(min_size, max_size)
     g = torch.Generator().manual_seed(seed)
     directions = torch.nn.functional.normalize(torch.randn(num_classes, in_dim, generator=g), dim=1)
     bags, cases = [], []

@@ -23,6 +23,7 @@ import torch
 
 from milkit.data.bag import Bag
 from milkit.data.sources import BagSource
+from milkit.data.synthetic import check_bag_sizes
 
 __all__ = ["SyntheticSurvivalSource"]
 
@@ -34,6 +35,7 @@ class SyntheticSurvivalSource(BagSource):
                  max_slides: int = 2, signal: float = 3.0, betas: Sequence[float] = (0.0, 0.0, 1.5, -1.0),
                  risk_scale: float = 4.0, weibull_shape: float = 1.2, weibull_scale: float = 40.0,
                  censor_mean: float = 70.0, admin_cut: float = 120.0, symmetric: bool = False, seed: int = 0) -> None:
+        check_bag_sizes(min_size, max_size)
         rng = np.random.default_rng(seed)
         g = torch.Generator().manual_seed(seed)
         k = len(betas)

@@ -99,32 +99,42 @@ class MILLitModule(L.LightningModule):
         self.val_metrics.reset()
 
     def on_test_epoch_start(self) -> None:
+        self._test_outputs: list[tuple[list[Any], Tensor, Tensor]] = []
         self.test_predictions = []
 
     def test_step(self, batch: BagBatch, batch_idx: int) -> None:
         res = self._eval_step(batch, "test")
-        self.test_predictions.extend(self.task.prediction_rows(res["ids"], res["out"].logits, res["y"]))
+        self._test_outputs.append((list(res["ids"]), res["out"].logits.detach().float().cpu(), res["y"].cpu()))
 
     def on_test_epoch_end(self) -> None:
-        if self.trainer.world_size > 1 and isinstance(self.task, ClassificationTask):
-            # survival metrics keep their inputs as states, which torchmetrics gathers across ranks itself
-            self._gather_test_predictions()
+        ids, logits, y = self._all_test_outputs()
+        self.test_predictions = self.task.prediction_rows(ids, logits, y) if ids else []
         self.log_dict(self.test_metrics.compute(), sync_dist=True)
         self.test_metrics.reset()
 
-    def _gather_test_predictions(self) -> None:
-        """Under DDP every rank saw a share of the test bags, and the distributed sampler repeats bags to even
-        the shares out. Gather all predictions, keep each bag once, and recompute the metrics from them on every
-        rank (the metric states are then synced across ranks: the same set repeated world_size times, which
-        leaves AUROC, accuracy, balanced accuracy and F1 unchanged)."""
-        shares: list[list[dict[str, Any]]] = [[] for _ in range(self.trainer.world_size)]
-        torch.distributed.all_gather_object(shares, self.test_predictions)
-        unique = {row["bag_id"]: row for share in shares for row in share}
-        self.test_predictions = sorted(unique.values(), key=lambda r: str(r["bag_id"]))
-        probs = torch.tensor([[v for k, v in r.items() if k.startswith("prob_")] for r in self.test_predictions])
-        labels = torch.tensor([r["label"] for r in self.test_predictions])
-        self.test_metrics.reset()
-        self.test_metrics.update(probs.to(self.device), labels.to(self.device))
+    def _all_test_outputs(self) -> tuple[list[Any], Tensor, Tensor]:
+        """The test bags' ids, logits and targets, each bag once.
+
+        Under DDP every rank saw a share of the test bags, and the distributed sampler repeats bags to even the
+        shares out: gather all shares, keep each bag once (sorted by id), and recompute the metrics from them on
+        every rank. The metric states are then synced across ranks, i.e. the same set repeated world_size times,
+        which leaves every task's metrics unchanged (AUROC, accuracy, F1; c-index, td-AUC, IBS: tested)."""
+        outputs = self._test_outputs
+        if self.trainer.world_size > 1:
+            shares: list[list[tuple[list[Any], Tensor, Tensor]]] = [[] for _ in range(self.trainer.world_size)]
+            torch.distributed.all_gather_object(shares, outputs)
+            outputs = [out for share in shares for out in share]
+        if not outputs:
+            return [], torch.empty(0), torch.empty(0)
+        ids = [bag_id for batch_ids, _, _ in outputs for bag_id in batch_ids]
+        logits, y = torch.cat([o[1] for o in outputs]), torch.cat([o[2] for o in outputs])
+        if self.trainer.world_size > 1:
+            first = {bag_id: i for i, bag_id in reversed(list(enumerate(ids)))}
+            keep = torch.tensor([first[b] for b in sorted(first, key=str)], dtype=torch.long)
+            ids, logits, y = [ids[i] for i in keep.tolist()], logits[keep], y[keep]
+            self.test_metrics.reset()
+            self.test_metrics.update(logits.to(self.device), y.to(self.device))
+        return ids, logits, y
 
     def predict_step(self, batch: BagBatch, batch_idx: int) -> dict[str, Any]:
         out = self.method.eval_forward(self.model, batch)

@@ -13,7 +13,8 @@ import torch
 from milkit.data.classic import ClassicMILSource
 from milkit.data.sources import FeatureDirSource
 from milkit.data.synthetic import SyntheticSource
-from milkit.errors import DataError
+from milkit.data.synthetic_survival import SyntheticSurvivalSource
+from milkit.errors import ConfigError, DataError
 from unit_tests.data.test_feature_files import write_h5
 
 
@@ -117,3 +118,11 @@ def test_synthetic_source_has_instance_labels() -> None:
         assert set(bag.instance_labels.unique().tolist()) == ({0} if bag.label == 0 else {0, bag.label})
     pos = src.load(src.records.query("label == 1")["bag_id"].iloc[0])
     assert torch.equal(pos.instance_labels > 0, pos.instance_labels == 1)
+
+
+@pytest.mark.parametrize("make", [lambda **kw: SyntheticSource(n_bags=4, **kw),
+                                  lambda **kw: SyntheticSurvivalSource(n_patients=4, **kw)])
+@pytest.mark.parametrize("sizes", [{"min_size": 30, "max_size": 16}, {"min_size": 0, "max_size": 4}])
+def test_synthetic_bag_sizes_out_of_order_are_one_config_error(make, sizes: dict[str, int]) -> None:
+    with pytest.raises(ConfigError, match=f"min_size={sizes['min_size']}, max_size={sizes['max_size']}$"):
+        make(**sizes)

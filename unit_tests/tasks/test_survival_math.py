@@ -90,6 +90,23 @@ def test_survival_scores_and_logrank_separate_good_from_random_risk() -> None:
     assert logrank_test(time.numpy(), event.numpy(), torch.rand(120, generator=g).numpy() > 0.5) > 0.01
 
 
+@pytest.mark.parametrize("copies", [2, 3])
+def test_survival_scores_unchanged_when_the_set_is_repeated(copies: int) -> None:
+    """Under DDP every rank feeds the gathered test set and torchmetrics concatenates the ranks' states: the
+    metrics must not change when every bag appears `copies` times."""
+    g = torch.Generator().manual_seed(4)
+    time = torch.rand(90, generator=g) * 100
+    event = torch.rand(90, generator=g) < 0.6
+    risk = -time + 30 * torch.randn(90, generator=g)
+    edges = torch.tensor([25.0, 50.0, 75.0])
+    surv = torch.sigmoid((time[:, None] - edges) / 20 + torch.randn(90, 3, generator=g))  # S at the edges
+    once = survival_scores(risk, time, event, surv, edges)
+    repeated = survival_scores(risk.repeat(copies), time.repeat(copies), event.repeat(copies),
+                               surv.repeat(copies, 1), edges)
+    assert all(not math.isnan(v) for v in once.values())
+    assert repeated == pytest.approx(once, abs=1e-6)
+
+
 def test_bins_follow_pandas_cut_and_training_fold_only() -> None:
     time = np.array([1.0, 2, 3, 4, 5, 6, 7, 8, 50, 60, 70, 80])
     event = np.array([1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 0])

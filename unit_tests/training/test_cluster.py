@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
+from milkit.tasks.survival_metrics import harrell_cindex
 from milkit.training.collect import collect_results, main as collect_main, summarise_table
 from milkit.training.train import train
 from milkit.utils.dist import is_global_zero
@@ -98,6 +100,22 @@ def _files(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
 
+def _torchrun_two_nodes(overrides: list[str], out: Path, tmp_path: Path) -> list[str]:
+    """scripts/train.py as two torchrun "nodes" of one CPU process each (gloo); each node gets its own run folder
+    (whatever appears in rank1/ was written by the second process). Returns both logs."""
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
+                               f"--node-rank={r}", "--master-addr=127.0.0.1", f"--master-port={port}",
+                               str(ROOT / "scripts" / "train.py"), *overrides, "trainer=ddp_cpu", "trainer.devices=1",
+                               "trainer.num_nodes=2", f"paths.log_dir={tmp_path}",
+                               f"hydra.run.dir={out}/rank${{oc.env:RANK}}"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(), cwd=tmp_path)
+             for r in (0, 1)]
+    logs = [p.communicate(timeout=380)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    return logs
+
+
 # 36 bags, one per case, 3 folds: 12 train, 12 val, 12 test bags in fold 0. Dropout is off (each DDP process draws
 # its own dropout masks) and training is full-batch: one process with batch 12 against two processes with batch 6
 # each (DDP averages the two half-batch gradients: the same gradient; the distributed sampler's order within an
@@ -109,17 +127,8 @@ MATCHED = [*TINY, "data.source.n_bags=36", "data.source.bags_per_case=1", "train
 @pytest.mark.timeout(400)
 def test_torchrun_two_nodes_match_the_single_process_run(make_cfg, tmp_path: Path) -> None:
     single = train(make_cfg(*MATCHED, "data.batch_size=12", fast=False, name="single"))
-    port, out = _free_port(), tmp_path / "ddp"
-    # each "node" gets its own run folder: whatever appears in rank1/ was written by the second process
-    procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
-                               f"--node-rank={r}", "--master-addr=127.0.0.1", f"--master-port={port}",
-                               str(ROOT / "scripts" / "train.py"), *MATCHED, "data.batch_size=6", "trainer=ddp_cpu",
-                               "trainer.devices=1", "trainer.num_nodes=2", f"paths.log_dir={tmp_path}",
-                               f"hydra.run.dir={out}/rank${{oc.env:RANK}}"],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(), cwd=tmp_path)
-             for r in (0, 1)]
-    logs = [p.communicate(timeout=380)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    out = tmp_path / "ddp"
+    logs = _torchrun_two_nodes([*MATCHED, "data.batch_size=6"], out, tmp_path)
     ddp = json.loads((out / "rank0" / "results.json").read_text())["folds"][0]
     ref = single["folds"][0]
     for key in ("test/auroc", "test/acc", "test/bacc", "test/f1", "best_val/loss"):
@@ -153,3 +162,23 @@ def test_slurm_launcher_configs_compose(config_name: str, launcher: str, gpus: i
     assert la.timeout_min >= 240 and la.array_parallelism >= 32 and la.max_num_timeout == 0
     if config_name == "train":
         assert cfg.hydra.callbacks.collect_results._target_ == "milkit.training.collect.CollectResults"
+
+
+@pytest.mark.timeout(400)
+def test_torchrun_survival_reports_every_test_patient_once(tmp_path: Path) -> None:
+    """The distributed sampler repeats a bag to even out an odd test fold and each rank sees half of it: the
+    predictions file, the bootstrap CI and the metrics must still cover every test patient exactly once."""
+    out = tmp_path / "ddp"
+    _torchrun_two_nodes(["task=survival", "data=synthetic_survival", "data.source.n_patients=61",
+                         "data.source.min_size=8", "data.source.max_size=16", "model.embed_dims=[16]",
+                         "model.attn_dim=8", "cv.folds=3", "cv.run_folds=[0]", "trainer.max_epochs=2", "trainer.min_epochs=1", "task.bootstrap=50",
+                         "data.eval_batch_size=4"], out, tmp_path)
+    row = json.loads((out / "rank0" / "results.json").read_text())["folds"][0]
+    preds = pd.read_csv(out / "rank0" / "fold0" / "test_predictions.csv", dtype={"bag_id": str})
+    test_ids = pd.read_csv(out / "rank0" / "splits.csv", dtype={"bag_id": str}).query("fold == 0 and split == 'test'")
+    assert len(test_ids) % 2 == 1  # the sampler pads: one bag is seen by both ranks
+    assert sorted(preds["bag_id"]) == sorted(test_ids["bag_id"])
+    cindex = harrell_cindex(torch.tensor(preds["risk"].to_numpy()), torch.tensor(preds["time"].to_numpy()),
+                            torch.tensor(preds["event"].to_numpy(), dtype=torch.bool))
+    assert row["test/cindex"] == pytest.approx(cindex, abs=1e-6)
+    assert row["test/cindex_ci95_low"] <= row["test/cindex"] <= row["test/cindex_ci95_high"]
