@@ -32,6 +32,7 @@ from milkit.data.datamodule import MILDataModule
 from milkit.data.sources import BagSource
 from milkit.data.splits import check_splits, load_splits, make_cv_splits, predefined_split, save_splits
 from milkit.errors import ConfigError, OutputError, RunInterrupted, storage_error_line
+from milkit.models import model_info
 from milkit.tasks import ClassificationTask, Task, build_task
 from milkit.training.checkpoint import INCOMPLETE, stats_to_info
 from milkit.training.methods import TrainingMethod
@@ -137,6 +138,9 @@ def _check_method(cfg: DictConfig) -> None:
                           f"(milkit-continual), not the supervised trainer")
     if not (isinstance(cls, type) and issubclass(cls, TrainingMethod)):
         raise ConfigError(f"method: {target} is not a milkit TrainingMethod (use supervised, mhim, mhim_v2, ...)")
+    if cls.needs_instance_scores and not model_info(cfg.model.model_name)["instance_scores"]:
+        raise ConfigError(f"method: {target} reads instance scores, which model '{cfg.model.model_name}' does not "
+                          f"return (registry metadata instance_scores=False)")
 
 
 def _finish_checkpoints(trainer: L.Trainer, ckpt_dir: Path) -> str | None:

@@ -53,6 +53,18 @@ def test_a_continual_method_is_refused_by_the_trainer(make_cfg, capsys) -> None:
     assert code == 2 and "torch.nn.Linear is not a milkit TrainingMethod" in line
 
 
+def test_mhim_refuses_a_model_registered_without_instance_scores(make_cfg, capsys, monkeypatch) -> None:
+    from milkit.models import MODELS
+
+    real_meta = MODELS.meta
+    monkeypatch.setattr(MODELS, "meta", lambda name: {**real_meta(name), "instance_scores": False})
+    code, line = _exit_line(train, make_cfg("method=mhim"), capsys)
+    assert code == 2 and line.endswith("reads instance scores, which model 'gated_abmil' does not return (registry "
+                                       "metadata instance_scores=False)")
+    monkeypatch.undo()
+    assert real_meta("gated_abmil")["instance_scores"]  # every registered model returns them today
+
+
 def test_unwritable_output_is_one_line_before_hydra_writes(tmp_path: Path, make_cfg, capsys) -> None:
     blocker = tmp_path / "a_file"
     blocker.write_text("")
