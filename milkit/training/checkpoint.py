@@ -42,6 +42,7 @@ class LoadedModel:
     stats: FeatureStats | None = None
     path: Path | None = None
     task: Task | None = None   # with its fitted state (survival: the training fold's bins)
+    fold: str | None = None    # the fold it was trained on ("fold3", "r1_fold3")
 
     @torch.no_grad()
     def forward_bag(self, bag: Bag) -> MILOutput:
@@ -86,4 +87,4 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     task = build_task(cfg)
     task.load_state(info.get("task") or {})
     return LoadedModel(model.eval(), info["cfg"], list(info.get("class_names", [])), info.get("feature_meta", {}),
-                       stats, path, task)
+                       stats, path, task, info.get("fold"))

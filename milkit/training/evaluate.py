@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,22 @@ def _split_ids(splits: pd.DataFrame, where: str, fold: Any, split: Any) -> list[
     return sel["bag_id"].tolist()
 
 
+def _check_unseen(splits: pd.DataFrame, where: str, trained_on: str | None, fold: int, ids: list[str],
+                  ckpt: str) -> None:
+    """A checkpoint of fold k scored on another fold's selection must not meet the bags it trained or was
+    validated on there: the scores would be optimistic (cross-validation folds share their training bags)."""
+    match = re.search(r"fold(\d+)$", trained_on or "")
+    if match is None or int(match.group(1)) == fold:
+        return
+    own = int(match.group(1))
+    seen = set(splits.loc[(splits["fold"] == own) & splits["split"].isin(["train", "val"]), "bag_id"])
+    overlap = seen.intersection(ids)
+    if overlap:
+        raise ConfigError(f"{ckpt}: trained as {trained_on}, but {len(overlap)} of the {len(ids)} selected bags of "
+                          f"fold {fold} in {where} were in its training or validation split (the scores would leak); "
+                          f"evaluate fold={own}, or bags it has not seen")
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Predict every selected bag with the checkpoint's model; write predictions CSV and metrics JSON.
 
@@ -51,8 +68,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"fold={cfg.get('fold', 0)} split={cfg.get('split', 'test')} select from a split table: "
                           "give splits_csv=<run>/splits.csv (without it every bag is scored)")
     if cfg.get("splits_csv"):
-        ids = _split_ids(load_splits(cfg.splits_csv, source.records), cfg.splits_csv, cfg.get("fold", 0),
-                         cfg.get("split", "test"))
+        splits = load_splits(cfg.splits_csv, source.records)
+        ids = _split_ids(splits, cfg.splits_csv, cfg.get("fold", 0), cfg.get("split", "test"))
+        _check_unseen(splits, cfg.splits_csv, loaded.fold, cfg.get("fold", 0), ids, cfg.ckpt_path)
     task = loaded.task
     metrics = task.make_metrics("eval/", loaded.model.num_classes)
     rows = []

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from fsspec.implementations.local import LocalFileOpener
 
@@ -144,12 +145,21 @@ def trained_run(tmp_path_factory) -> Path:
     (["splits_csv={splits}", "split=tset"], "split=tset is not a split name (use train, val, test)"),
     (["fold=2"], "fold=2 split=test select from a split table: give splits_csv=<run>/splits.csv (without it every "
                  "bag is scored)"),
+    (["splits_csv={splits}", "fold=1"], "{ckpt}: trained as fold0, but 8 of the 8 selected bags of fold 1 in "
+                                        "{splits} were in its training or validation split (the scores would leak); "
+                                        "evaluate fold=0, or bags it has not seen"),
 ])
 def test_eval_with_an_unknown_fold_or_split(trained_run: Path, tmp_path: Path, capsys, overrides: list[str],
                                             message: str) -> None:
-    splits = trained_run / "splits.csv"
-    cfg = compose_cfg([f"ckpt_path={trained_run / 'fold0/checkpoints/best.ckpt'}",
-                       *[o.format(splits=splits) for o in overrides]], tmp_path, "eval")
+    splits, ckpt = trained_run / "splits.csv", trained_run / "fold0/checkpoints/best.ckpt"
+    cfg = compose_cfg([f"ckpt_path={ckpt}", *[o.format(splits=splits) for o in overrides]], tmp_path, "eval")
     code, line = _exit_line(evaluate, cfg, capsys)
-    assert code == 2 and line == "milkit: error: " + message.format(splits=splits)
+    assert code == 2 and line == "milkit: error: " + message.format(splits=splits, ckpt=ckpt)
     assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "predictions.csv").exists()
+
+
+def test_eval_of_its_own_fold_may_score_any_split(trained_run: Path, tmp_path: Path) -> None:
+    splits = trained_run / "splits.csv"
+    cfg = compose_cfg([f"ckpt_path={trained_run / 'fold0/checkpoints/best.ckpt'}", f"splits_csv={splits}", "fold=0",
+                       "split=train"], tmp_path, "eval")
+    assert evaluate(cfg)["n_bags"] == len(pd.read_csv(splits).query("fold == 0 and split == 'train'"))
