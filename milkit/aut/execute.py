@@ -15,11 +15,13 @@ import torch
 
 from milkit.aut.report import json_ready
 from milkit.errors import RunInterrupted
-from milkit.utils.signals import signal_stops_the_run
+from milkit.utils.signals import StopSignal, signal_stops_the_run
 
 __all__ = ["execute"]
 
 log = logging.getLogger("milkit.aut.runner")
+
+SIGTERM_STOP = "stopped by SIGTERM"
 
 
 def _line(i: int, n: int, r: dict) -> str:
@@ -54,7 +56,7 @@ def execute(tasks: list[tuple], cfg: Any, run_one: Callable[..., dict]) -> tuple
     done = _progress(cfg)
     stopped = None
     # SIGTERM (a cluster's time limit) as Ctrl-C; forked workers just exit (the parent terminates them anyway)
-    with signal_stops_the_run(signal.SIGTERM, "stopped by SIGTERM", lambda: os._exit(143)):
+    with signal_stops_the_run(signal.SIGTERM, SIGTERM_STOP, lambda: os._exit(143)) as term:
         try:
             if cfg.jobs <= 1:
                 threads = torch.get_num_threads()
@@ -62,17 +64,24 @@ def execute(tasks: list[tuple], cfg: Any, run_one: Callable[..., dict]) -> tuple
                     for i, task in enumerate(tasks):
                         results[i] = run_one(*task[:3], cfg, task[3])
                         done(len(results), len(tasks), results[i])
+                        _check(term)
                 finally:
                     torch.set_num_threads(threads)
             else:
-                _in_pool(tasks, cfg, run_one, results, done)
+                _in_pool(tasks, cfg, run_one, results, done, term)
         except (KeyboardInterrupt, RunInterrupted) as stop:
             stopped = str(stop) or "stopped by Ctrl-C"
     return [results[i] for i in sorted(results)], stopped
 
 
+def _check(term: StopSignal) -> None:
+    """A SIGTERM whose exception was swallowed (raised inside a ``__del__``) still stops the suite."""
+    if term.fired:
+        raise RunInterrupted(SIGTERM_STOP)
+
+
 def _in_pool(tasks: list[tuple], cfg: Any, run_one: Callable[..., dict], results: dict[int, dict],
-             done: Callable[[int, int, dict], None]) -> None:
+             done: Callable[[int, int, dict], None], term: StopSignal) -> None:
     # fork: workers inherit the registry (models registered outside milkit too) and need no __main__ guard;
     # safe here because every run is single-threaded (torch.set_num_threads(cfg.threads) in run_one)
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
@@ -82,6 +91,7 @@ def _in_pool(tasks: list[tuple], cfg: Any, run_one: Callable[..., dict], results
         for fut in as_completed(futures):
             results[futures[fut]] = fut.result()
             done(len(results), len(tasks), results[futures[fut]])
+            _check(term)
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
         for child in mp.active_children():  # the runs in progress: their results would be dropped anyway

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -26,6 +27,7 @@ from milkit.preprocess.manifest import Manifest, ManifestRow, one_line
 from milkit.preprocess.slides import DEFAULT_EXTENSIONS, SlideEntry, discover_slides, shard_slides
 from milkit.preprocess.stages import SlidePaths, extract_stage, segment_stage, tile_stage
 from milkit.utils.io import writable_dir
+from milkit.utils.signals import raise_keyboard_interrupt, signal_stops_the_run
 from milkit.wsi.readers import open_slide
 from milkit.wsi.segment import Segmenter, create_segmenter
 
@@ -170,6 +172,11 @@ def _record(manifest: Manifest, row: ManifestRow, done: int, total: int) -> None
         raise OutputError(f"{reason}; stopped after {done} of {total} slides (rerun to go on)") from None
 
 
+def _stopped(where: str, done: int, total: int, manifest: Manifest) -> RunInterrupted:
+    return RunInterrupted(f"preprocessing stopped {where} ({done} of {total} done, listed in {manifest.path}; a "
+                          f"rerun redoes only what is missing)")
+
+
 def preprocess(cfg: DictConfig | dict[str, Any]) -> Path:
     """Run the configured stages over the (sharded) cohort; returns the output folder of this resolution.
     ``stages=[merge]`` only merges the shard manifests of ``num_shards`` shards into ``manifest.csv``."""
@@ -188,15 +195,19 @@ def preprocess(cfg: DictConfig | dict[str, Any]) -> Path:
     entries = shard_slides(cohort, st.shard, st.num_shards)
     manifest = Manifest(root / shard_manifest_name(st.shard, st.num_shards))
     device = resolve_device(st.device, st.shard) if encoder is not None else None
-    for i, entry in enumerate(tqdm(entries, desc="slides", unit="slide", disable=not st.progress)):
-        try:
-            row = process_slide(entry, st, root, seg, encoder, device)
-            _record(manifest, row, i, len(entries))
-        except KeyboardInterrupt:
-            raise RunInterrupted(f"preprocessing stopped at slide {entry.slide_id} ({i} of {len(entries)} done, "
-                                 f"listed in {manifest.path}; a rerun redoes only what is missing)") from None
-        if row.status == "failed":
-            tqdm.write(f"failed {entry.slide_id}: {row.error}")
+    # Ctrl-C raises KeyboardInterrupt as usual; its flag also stops the run after the slide when the exception was
+    # swallowed (raised inside a library's __del__ or weakref callback, the likely cause of a lost Ctrl-C)
+    with signal_stops_the_run(signal.SIGINT, "", raise_keyboard_interrupt, KeyboardInterrupt) as ctrl_c:
+        for i, entry in enumerate(tqdm(entries, desc="slides", unit="slide", disable=not st.progress)):
+            try:
+                row = process_slide(entry, st, root, seg, encoder, device)
+                _record(manifest, row, i, len(entries))
+            except KeyboardInterrupt:
+                raise _stopped(f"at slide {entry.slide_id}", i, len(entries), manifest) from None
+            if ctrl_c.fired:
+                raise _stopped(f"after slide {entry.slide_id}", i + 1, len(entries), manifest)
+            if row.status == "failed":
+                tqdm.write(f"failed {entry.slide_id}: {row.error}")
     counts = ", ".join(f"{v} {k}" for k, v in sorted(manifest.counts().items())) or "no slides"
     log.info(f"preprocess: {counts} → {root} (manifest: {manifest.path})")
     if st.num_shards > 1 and st.merge:

@@ -10,12 +10,10 @@ fold never leaves a file that ``eval.py``, ``infer_slide.py`` or a teacher path 
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import shutil
-import signal
 import time
 import warnings
 from pathlib import Path
@@ -35,11 +33,12 @@ from milkit.errors import ConfigError, OutputError, RunInterrupted, storage_erro
 from milkit.models import model_info
 from milkit.tasks import ClassificationTask, Task, build_task
 from milkit.training.checkpoint import INCOMPLETE, stats_to_info
+from milkit.training.interrupt import StopWhenSignalled, ctrl_c_stops_the_run
 from milkit.training.methods import TrainingMethod
 from milkit.training.module import MILLitModule
 from milkit.utils.dist import is_global_zero
 from milkit.utils.io import atomic_path, writable_dir
-from milkit.utils.signals import signal_stops_the_run
+from milkit.utils.signals import StopSignal
 
 __all__ = ["train", "resolve_splits", "build_run_components", "with_fold"]
 
@@ -162,9 +161,10 @@ def _finish_checkpoints(trainer: L.Trainer, ckpt_dir: Path) -> str | None:
 
 
 def _fit_fold(cfg: DictConfig, source: BagSource, fold_splits: pd.DataFrame, fold_dir: Path,
-              fold_name: str, seed: int, task: Task) -> dict[str, Any]:
+              fold_name: str, seed: int, task: Task, ctrl_c: StopSignal) -> dict[str, Any]:
     L.seed_everything(seed, workers=True, verbose=False)
     dm, module, trainer = build_run_components(cfg, source, fold_splits, fold_dir, fold_name, task)
+    trainer.callbacks.append(StopWhenSignalled(ctrl_c))
     shutil.rmtree(fold_dir / "checkpoints" / INCOMPLETE, ignore_errors=True)  # left by a killed run
     t0 = time.perf_counter()
     try:
@@ -242,26 +242,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     out_dir = writable_dir(cfg.paths.output_dir)
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
-    with _ctrl_c_stops_the_run():
+    with ctrl_c_stops_the_run() as ctrl_c:
         try:
-            return _train(cfg, out_dir, rows, t0)
+            return _train(cfg, out_dir, rows, t0, ctrl_c)
         except RunInterrupted as stop:
             kept = ", ".join(r["fold"] for r in rows) or "none"
             raise RunInterrupted(f"{stop}; finished folds kept in {out_dir}: {kept} (an interrupted fold's "
                                  f"checkpoints stay in checkpoints/{INCOMPLETE}/, never taken as finished)") from None
 
 
-def _ctrl_c_stops_the_run() -> contextlib.AbstractContextManager[None]:
-    """Ctrl-C raises ``RunInterrupted`` in this process (Lightning would turn a KeyboardInterrupt into
-    ``exit(1)``); forked DataLoader workers keep the usual KeyboardInterrupt; an ignored SIGINT stays ignored."""
-    return signal_stops_the_run(signal.SIGINT, "stopped by Ctrl-C", _raise_keyboard_interrupt)
-
-
-def _raise_keyboard_interrupt() -> None:
-    raise KeyboardInterrupt
-
-
-def _train(cfg: DictConfig, out_dir: Path, rows: list[dict[str, Any]], t0: float) -> dict[str, Any]:
+def _train(cfg: DictConfig, out_dir: Path, rows: list[dict[str, Any]], t0: float,
+           ctrl_c: StopSignal) -> dict[str, Any]:
     hooks = cfg.get("hooks") or {}
     if hooks.get("before"):
         instantiate(hooks.before)(cfg)  # e.g. generate or preprocess the data the source reads
@@ -281,7 +272,7 @@ def _train(cfg: DictConfig, out_dir: Path, rows: list[dict[str, Any]], t0: float
         for fold in folds if wanted is None else [f for f in folds if f in set(wanted)]:
             name = f"{tag}fold{fold}"
             row = _fit_fold(cfg, source, splits[splits["fold"] == fold], out_dir / name, name,
-                            int(cfg.seed) + 1000 * repeat + int(fold), task)
+                            int(cfg.seed) + 1000 * repeat + int(fold), task, ctrl_c)
             row["repeat"] = repeat
             rows.append(row)
             shown = "  ".join(f"{k.split('/')[1]}={row[k]:.3f}" for k in row if k.startswith("test/"))

@@ -1,36 +1,54 @@
-"""A signal that stops a run with ``RunInterrupted`` (Ctrl-C for training, SIGTERM for the AUT suite)."""
+"""A signal that stops a run (Ctrl-C for training and preprocessing, SIGTERM for the AUT suite)."""
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from milkit.errors import RunInterrupted
 
-__all__ = ["signal_stops_the_run"]
+__all__ = ["StopSignal", "raise_keyboard_interrupt", "signal_stops_the_run"]
+
+
+@dataclass
+class StopSignal:
+    """``fired`` stays true once the signal came, even when the exception it raised was swallowed: Python drops
+    an exception raised inside ``__del__`` or a weakref callback ("Exception ignored in ..."), so a loop that must
+    stop checks ``fired`` between its units of work as well."""
+
+    fired: bool = False
+
+
+def raise_keyboard_interrupt() -> None:
+    """The usual reaction to Ctrl-C (e.g. in forked DataLoader workers)."""
+    raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
-def signal_stops_the_run(signum: int, message: str, in_child: Callable[[], None]) -> Iterator[None]:
-    """While inside, ``signum`` raises ``RunInterrupted(message)`` in this process and calls ``in_child()`` in a
-    forked child that inherited the handler (e.g. raise ``KeyboardInterrupt``, or exit). An ignored signal stays
-    ignored (``nohup``, a background job's Ctrl-C); outside the main thread nothing changes."""
-    owner = os.getpid()
+def signal_stops_the_run(signum: int, message: str, in_child: Callable[[], None],
+                         raise_as: Callable[[str], BaseException] = RunInterrupted) -> Iterator[StopSignal]:
+    """While inside, ``signum`` sets ``StopSignal.fired`` and raises ``raise_as(message)`` in this process, and
+    calls ``in_child()`` in a forked child that inherited the handler (e.g. raise ``KeyboardInterrupt``, or exit).
+    An ignored signal stays ignored (``nohup``, a background job's Ctrl-C); outside the main thread nothing
+    changes."""
+    owner, stop = os.getpid(), StopSignal()
 
     def handler(signo: int, frame: Any) -> None:  # noqa: ARG001
         if os.getpid() != owner:
             in_child()
-        raise RunInterrupted(message)
+        stop.fired = True
+        raise raise_as(message)
 
     try:
         if signal.getsignal(signum) is signal.SIG_IGN:
             raise ValueError
         previous = signal.signal(signum, handler)
     except ValueError:  # ignored, or not the main thread: leave signals alone
-        yield
+        yield stop
         return
     try:
-        yield
+        yield stop
     finally:
         signal.signal(signum, previous)

@@ -14,6 +14,7 @@ import pytest
 from milkit.aut import runner
 from milkit.aut.runner import run_suite
 from milkit.errors import RunInterrupted
+from unit_tests.lost_signal import RaisesSignalWhenDeleted
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = dict(models=["mi_net"], tests=["single_concept"], epochs=2, n_train=200, n_test=100, batch_size=32,
@@ -39,6 +40,23 @@ def test_ctrl_c_writes_the_report_of_the_finished_runs_and_stops(tmp_path, monke
     assert "**Interrupted** (stopped by Ctrl-C after 1 of 3 runs)" in (tmp_path / "aut_report.md").read_text()
     merged = run_suite({"merge": [str(tmp_path)], "verbose": False})  # an interrupted part stays marked
     assert merged["meta"]["interrupted"].endswith("stopped by Ctrl-C after 1 of 3 runs")
+
+
+def test_a_swallowed_sigterm_still_stops_the_suite_after_the_run(tmp_path, monkeypatch) -> None:
+    real = runner.run_one
+    swallowed: list[type] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: swallowed.append(unraisable.exc_type))
+
+    def run_then_lost_sigterm(*args, **kwargs):
+        rec = real(*args, **kwargs)
+        RaisesSignalWhenDeleted(signal.SIGTERM)
+        return rec
+
+    monkeypatch.setattr(runner, "run_one", run_then_lost_sigterm)
+    with pytest.raises(RunInterrupted, match=r"stopped by SIGTERM after 1 of 3 runs"):
+        run_suite({**TINY, "seeds": [0, 1, 2], "output": str(tmp_path), "jobs": 1})
+    assert swallowed == [RunInterrupted]
+    assert json.loads((tmp_path / "aut_report.json").read_text())["meta"]["n_runs"] == 1
 
 
 def test_ctrl_c_before_any_run_finishes_writes_nothing(tmp_path, monkeypatch) -> None:

@@ -16,10 +16,12 @@ import pytest
 from fsspec.implementations.local import LocalFileOpener
 
 from milkit.cli import run_safely
-from milkit.errors import DataError
+from milkit.errors import DataError, RunInterrupted
 from milkit.training.checkpoint import load_checkpoint
 from milkit.training.evaluate import evaluate
 from milkit.training.train import train
+
+from unit_tests.lost_signal import RaisesSignalWhenDeleted, ctrl_c_acts
 
 from .conftest import FAST, compose_cfg
 
@@ -99,6 +101,30 @@ def test_disk_full_while_saving_a_checkpoint(make_cfg, monkeypatch, capsys) -> N
     assert code == 2
     assert line == f"milkit: error: fold0: cannot save to {out}/fold0/checkpoints: no space left on device"
     assert not [p for p in out.rglob("*") if p.is_file() and "ckpt" in p.name]  # nothing half-written, no temp
+
+
+def test_a_swallowed_ctrl_c_still_stops_training_after_the_batch(make_cfg, capsys, monkeypatch) -> None:
+    from milkit.training.module import MILLitModule
+
+    swallowed: list[type] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: swallowed.append(unraisable.exc_type))
+    real = MILLitModule.training_step
+
+    def step_then_lost_ctrl_c(self, batch, batch_idx):
+        loss = real(self, batch, batch_idx)
+        RaisesSignalWhenDeleted()
+        return loss
+
+    monkeypatch.setattr(MILLitModule, "training_step", step_then_lost_ctrl_c)
+    cfg = make_cfg("trainer.max_epochs=5")
+    with ctrl_c_acts():
+        code, line = _exit_line(train, cfg, capsys)
+    out = Path(cfg.paths.output_dir)
+    assert swallowed == [RunInterrupted]  # the exception itself was lost ...
+    assert code == 130 and line == (f"milkit: interrupted: fold0 stopped in epoch 0; finished folds kept in {out}: "
+                                    "none (an interrupted fold's checkpoints stay in checkpoints/incomplete/, never "
+                                    "taken as finished)")  # ... the flag was not: stopped after the first batch
+    assert not (out / "results.json").exists()
 
 
 def test_ctrl_c_keeps_finished_folds_and_marks_the_interrupted_one(tmp_path: Path) -> None:

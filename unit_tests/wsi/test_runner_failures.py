@@ -20,6 +20,8 @@ from milkit.preprocess import preprocess, run_tag
 from milkit.utils.io import atomic_path
 from milkit.wsi.synthetic import make_scene, write_synthetic_slide
 
+from unit_tests.lost_signal import RaisesSignalWhenDeleted, ctrl_c_acts
+
 from .test_runner import OVERRIDES, REPO, _cfg
 
 pytestmark = pytest.mark.wsi
@@ -139,3 +141,25 @@ def test_ctrl_c_is_one_line_and_exit_130(slides, tmp_path) -> None:
     (line,) = err.strip().splitlines()
     assert line.startswith("milkit: interrupted: preprocessing stopped at slide s") and "a rerun redoes" in line
     assert not list(feats.glob("*.tmp"))  # the half-written features file is removed
+
+
+def test_a_swallowed_ctrl_c_still_stops_after_the_slide(slides, tmp_path, monkeypatch, capsys) -> None:
+    from milkit.preprocess import runner
+
+    swallowed: list[type] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: swallowed.append(unraisable.exc_type))
+    real = runner.process_slide
+
+    def slide_then_lost_ctrl_c(*args, **kwargs):
+        row = real(*args, **kwargs)
+        RaisesSignalWhenDeleted()
+        return row
+
+    monkeypatch.setattr(runner, "process_slide", slide_then_lost_ctrl_c)
+    with ctrl_c_acts():
+        code, line = _exit_line(_cfg(slides, tmp_path / "run", *EXTRA), capsys)
+    manifest = tmp_path / "run" / TAG / "manifest.csv"
+    assert swallowed == [KeyboardInterrupt]  # the exception itself was lost ...
+    assert code == 130 and line == (f"milkit: interrupted: preprocessing stopped after slide s0 (1 of 3 done, listed "
+                                    f"in {manifest}; a rerun redoes only what is missing)")  # ... the flag was not
+    assert pd.read_csv(manifest)["slide_id"].tolist() == ["s0"]
