@@ -89,7 +89,8 @@ class OutputDirCheck(Callback):
     def _check(config: DictConfig, key: str) -> None:
         HydraConfig.instance().set_config(config)  # resolves ${hydra:...} in the folder's name
         try:
-            writable_dir(str(OmegaConf.select(config, key)), f"run folder ({key})")
+            # room for Hydra's .hydra/*.yaml (about 6 KB), which it writes before milkit can catch a full disk
+            writable_dir(str(OmegaConf.select(config, key)), f"run folder ({key})", room=1 << 16)
         except MILKitError as e:
             print(f"milkit: error: {e}", file=sys.stderr)
             sys.exit(2)

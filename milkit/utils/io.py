@@ -37,22 +37,29 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
-def writable_dir(path: str | os.PathLike, what: str = "output") -> Path:
-    """Create ``path`` (with parents) and check that a file can be written in it; raise a one-line
-    ``OutputError`` naming the path otherwise (read-only, a regular file on the way, disk full)."""
+def writable_dir(path: str | os.PathLike, what: str = "output", room: int = 0) -> Path:
+    """Create ``path`` (with parents) and check that a file of ``room`` bytes can be written in it (an empty
+    file can still be created on a full disk); raise a one-line ``OutputError`` naming the path otherwise
+    (read-only, a regular file on the way, disk full)."""
     from milkit.errors import OutputError
 
     path = Path(path).expanduser()
     blocker = next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), None)
     if blocker is not None:
         raise OutputError(f"{what} {path}: cannot create a folder there ({blocker} is a file, not a folder)")
+    probe = tmp_name_for(path / "write_check")
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = tmp_name_for(path / "write_check")
-        probe.write_bytes(b"")
-        probe.unlink()
+        with open(probe, "wb") as f:
+            if room:
+                f.write(bytes(room))
+                f.flush()
+                os.fsync(f.fileno())  # some file systems report a full disk only here
     except OSError as exc:
         raise OutputError(f"{what} {path}: cannot write here ({(exc.strerror or str(exc)).lower()})") from None
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
     return path
 
 

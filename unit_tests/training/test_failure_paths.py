@@ -22,6 +22,7 @@ from milkit.training.evaluate import evaluate
 from milkit.training.train import train
 
 from unit_tests.lost_signal import RaisesSignalWhenDeleted, ctrl_c_acts
+from unit_tests.small_disk import small_tmpfs
 
 from .conftest import FAST, compose_cfg
 
@@ -54,6 +55,15 @@ def test_a_continual_method_is_refused_by_the_trainer(make_cfg, capsys) -> None:
     assert "scripts/continual.py" in line
     code, line = _exit_line(train, make_cfg("method._target_=torch.nn.Linear"), capsys)
     assert code == 2 and "torch.nn.Linear is not a milkit TrainingMethod" in line
+
+
+def test_a_full_disk_is_one_line_before_hydra_writes(tmp_path: Path) -> None:
+    with small_tmpfs(tmp_path / "disk", "64k", fill=True) as disk:
+        proc = _script("train.py", [*FAST, f"hydra.run.dir={disk}/run", f"paths.log_dir={disk}/logs"], tmp_path)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 2 and err.strip() == (f"milkit: error: run folder (hydra.run.dir) {disk}/run: "
+                                                        "cannot write here (no space left on device)")
+        assert not list((disk / "run").iterdir())  # neither .hydra/ nor the probe
 
 
 def test_mhim_refuses_a_model_registered_without_instance_scores(make_cfg, capsys, monkeypatch) -> None:

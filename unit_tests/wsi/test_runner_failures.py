@@ -21,6 +21,7 @@ from milkit.utils.io import atomic_path
 from milkit.wsi.synthetic import make_scene, write_synthetic_slide
 
 from unit_tests.lost_signal import RaisesSignalWhenDeleted, ctrl_c_acts
+from unit_tests.small_disk import small_tmpfs
 
 from .test_runner import OVERRIDES, REPO, _cfg
 
@@ -76,17 +77,8 @@ def test_full_disk_fails_each_slide_then_stops_when_the_manifest_cannot_be_writt
     assert not manifest.exists() and not list(manifest.parent.glob(".manifest.csv.*"))
 
 
-def _mount_tmpfs(path: Path, size: str) -> bool:
-    path.mkdir()
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True).returncode == 0
-
-
 def test_a_really_full_tmpfs_does_not_crash(slides, tmp_path) -> None:
-    disk = tmp_path / "small_disk"
-    if os.geteuid() != 0 or not _mount_tmpfs(disk, "100k"):
-        pytest.skip("mounting a tmpfs needs root")
-    try:
+    with small_tmpfs(tmp_path / "small_disk", "100k") as disk:
         args = [f"input={slides}", f"output={disk / 'out'}", *OVERRIDES, *EXTRA]
         env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
         res = subprocess.run([sys.executable, str(REPO / "scripts" / "preprocess.py"), *args], env=env,
@@ -96,8 +88,6 @@ def test_a_really_full_tmpfs_does_not_crash(slides, tmp_path) -> None:
         assert len(manifest) == 3 and (manifest["status"] == "failed").any()
         assert manifest.loc[manifest["status"] == "failed", "error"].str.contains("no space left on device").all()
         assert not [p for p in _files(disk) if p.suffix == ".tmp"]
-    finally:
-        subprocess.run(["umount", str(disk)], check=False)
 
 
 def test_output_under_a_regular_file(slides, tmp_path, capsys) -> None:
