@@ -21,9 +21,6 @@ __all__ = ["execute"]
 
 log = logging.getLogger("milkit.aut.runner")
 
-SIGTERM_STOP = "stopped by SIGTERM"
-
-
 def _line(i: int, n: int, r: dict) -> str:
     head = f"[{i}/{n}] {r['model']} × {r['test']} seed {r['seed']}:"
     if r["error"]:
@@ -56,7 +53,7 @@ def execute(tasks: list[tuple], cfg: Any, run_one: Callable[..., dict]) -> tuple
     done = _progress(cfg)
     stopped = None
     # SIGTERM (a cluster's time limit) as Ctrl-C; forked workers just exit (the parent terminates them anyway)
-    with signal_stops_the_run(signal.SIGTERM, SIGTERM_STOP, lambda: os._exit(143)) as term:
+    with signal_stops_the_run(signal.SIGTERM, "stopped by SIGTERM", lambda: os._exit(143)) as term:
         try:
             if cfg.jobs <= 1:
                 threads = torch.get_num_threads()
@@ -64,7 +61,7 @@ def execute(tasks: list[tuple], cfg: Any, run_one: Callable[..., dict]) -> tuple
                     for i, task in enumerate(tasks):
                         results[i] = run_one(*task[:3], cfg, task[3])
                         done(len(results), len(tasks), results[i])
-                        _check(term)
+                        term.check()  # a SIGTERM whose exception was swallowed (inside a __del__) stops here
                 finally:
                     torch.set_num_threads(threads)
             else:
@@ -72,12 +69,6 @@ def execute(tasks: list[tuple], cfg: Any, run_one: Callable[..., dict]) -> tuple
         except (KeyboardInterrupt, RunInterrupted) as stop:
             stopped = str(stop) or "stopped by Ctrl-C"
     return [results[i] for i in sorted(results)], stopped
-
-
-def _check(term: StopSignal) -> None:
-    """A SIGTERM whose exception was swallowed (raised inside a ``__del__``) still stops the suite."""
-    if term.fired:
-        raise RunInterrupted(SIGTERM_STOP)
 
 
 def _in_pool(tasks: list[tuple], cfg: Any, run_one: Callable[..., dict], results: dict[int, dict],
@@ -91,7 +82,7 @@ def _in_pool(tasks: list[tuple], cfg: Any, run_one: Callable[..., dict], results
         for fut in as_completed(futures):
             results[futures[fut]] = fut.result()
             done(len(results), len(tasks), results[futures[fut]])
-            _check(term)
+            term.check()
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
         for child in mp.active_children():  # the runs in progress: their results would be dropped anyway

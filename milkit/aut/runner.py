@@ -24,13 +24,13 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from milkit.aut.execute import execute
 from milkit.aut.generators import AUT_TESTS, make_test
 from milkit.aut.property_check import monotonicity_check
 from milkit.aut.report import (VerdictRule, merge_reports, plot_curves, render_markdown, summarize,
                                write_report)
 from milkit.aut.trainer import Protocol, Standardized, standardize, train_and_evaluate
 from milkit.cli import CONF_DIR
-from milkit.aut.execute import execute
 from milkit.errors import ConfigError, MILKitError, RunInterrupted
 from milkit.models import create_model, list_models, model_info
 from milkit.training.methods import TrainingMethod

@@ -8,18 +8,15 @@ from typing import Any
 
 import lightning as L
 
-from milkit.errors import RunInterrupted
 from milkit.utils.signals import StopSignal, raise_keyboard_interrupt, signal_stops_the_run
 
 __all__ = ["StopWhenSignalled", "ctrl_c_stops_the_run"]
-
-MESSAGE = "stopped by Ctrl-C"
 
 
 def ctrl_c_stops_the_run() -> contextlib.AbstractContextManager[StopSignal]:
     """Ctrl-C raises ``RunInterrupted`` in this process (Lightning would turn a KeyboardInterrupt into
     ``exit(1)``); forked DataLoader workers keep the usual KeyboardInterrupt; an ignored SIGINT stays ignored."""
-    return signal_stops_the_run(signal.SIGINT, MESSAGE, raise_keyboard_interrupt)
+    return signal_stops_the_run(signal.SIGINT, "stopped by Ctrl-C", raise_keyboard_interrupt)
 
 
 class StopWhenSignalled(L.Callback):
@@ -29,7 +26,6 @@ class StopWhenSignalled(L.Callback):
         self.stop = stop
 
     def _check(self, *args: Any) -> None:
-        if self.stop.fired:
-            raise RunInterrupted(MESSAGE)
+        self.stop.check()
 
     on_train_batch_end = on_validation_batch_end = on_test_batch_end = _check

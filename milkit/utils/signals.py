@@ -16,9 +16,16 @@ __all__ = ["StopSignal", "raise_keyboard_interrupt", "signal_stops_the_run"]
 class StopSignal:
     """``fired`` stays true once the signal came, even when the exception it raised was swallowed: Python drops
     an exception raised inside ``__del__`` or a weakref callback ("Exception ignored in ..."), so a loop that must
-    stop checks ``fired`` between its units of work as well."""
+    stop calls ``check()`` between its units of work as well."""
 
+    message: str = ""
+    raise_as: Callable[[str], BaseException] = RunInterrupted
     fired: bool = False
+
+    def check(self) -> None:
+        """Raise ``raise_as(message)`` if the signal came."""
+        if self.fired:
+            raise self.raise_as(self.message)
 
 
 def raise_keyboard_interrupt() -> None:
@@ -33,13 +40,13 @@ def signal_stops_the_run(signum: int, message: str, in_child: Callable[[], None]
     calls ``in_child()`` in a forked child that inherited the handler (e.g. raise ``KeyboardInterrupt``, or exit).
     An ignored signal stays ignored (``nohup``, a background job's Ctrl-C); outside the main thread nothing
     changes."""
-    owner, stop = os.getpid(), StopSignal()
+    owner, stop = os.getpid(), StopSignal(message, raise_as)
 
     def handler(signo: int, frame: Any) -> None:  # noqa: ARG001
         if os.getpid() != owner:
             in_child()
         stop.fired = True
-        raise raise_as(message)
+        stop.check()
 
     try:
         if signal.getsignal(signum) is signal.SIG_IGN:
